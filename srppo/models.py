@@ -1,0 +1,161 @@
+"""Loading, saving and wrapping the four model roles: pretrained, SFT/reference, actor, critic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from srppo.config import BaseConfig, RuntimeConfig
+
+# Tulu-v2's template, for base models whose tokenizer has none (Mistral-7B, Llama-3-8B base).
+TULU_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+NAMED_TEMPLATES = {"tulu": TULU_TEMPLATE}
+
+
+class ModelError(RuntimeError):
+    """A model or tokenizer directory that cannot serve the pipeline; names the path and the reason."""
+
+
+def setup_runtime(rt: RuntimeConfig) -> tuple[torch.device, torch.dtype]:
+    """Seed everything and pick device/dtype once per stage."""
+    if rt.threads:
+        torch.set_num_threads(rt.threads)
+    random.seed(rt.seed)
+    np.random.seed(rt.seed)
+    torch.manual_seed(rt.seed)
+    use_cuda = rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available())
+    if rt.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("runtime.device='cuda' but no CUDA device is visible")
+    return torch.device("cuda" if use_cuda else "cpu"), getattr(torch, rt.dtype)
+
+
+def gguf_location(package: str, filename: str) -> Path:
+    """Find a GGUF file shipped inside a Python package without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"base.gguf_package: package '{package}' is not installed (pip install it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ModelError(f"base.gguf_file: {path} does not exist")
+    return path
+
+
+def materialise_base(cfg: BaseConfig, out_dir: Path) -> dict:
+    """Write p_PT as a dense safetensors HF directory, whatever its source (GGUF, hub id, local path)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if cfg.gguf_package:
+        path = gguf_location(cfg.gguf_package, cfg.gguf_file)
+        src, kwargs = str(path.parent), dict(gguf_file=path.name)
+    else:
+        src = cfg.name_or_path
+        kwargs["use_safetensors"] = True  # never unpickle weights
+    tok = AutoTokenizer.from_pretrained(src, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
+    if cfg.gguf_package:
+        # GGUF weights are de-quantised to dense tensors on load; only the flags remain.
+        model.hf_quantizer, model.is_quantized = None, False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if cfg.chat_template:
+        tok.chat_template = NAMED_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
+    check_tokenizer(tok, src)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.generation_config.pad_token_id = tok.pad_token_id
+    save_pretrained(model, tok, out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"source": str(src), "parameters": n_params, "eos_token": tok.eos_token}
+
+
+def check_tokenizer(tok, where) -> None:
+    if not getattr(tok, "chat_template", None):
+        raise ModelError(f"{where}: tokenizer has no chat template; set base.chat_template "
+                         f"(a Jinja template or one of {sorted(NAMED_TEMPLATES)})")
+    if tok.eos_token_id is None:
+        raise ModelError(f"{where}: tokenizer has no EOS token; the coherent reward is assigned at EOS")
+
+
+def save_pretrained(model, tok, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    check_tokenizer(tok, path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, trainable: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not any(path.glob("*.safetensors")):
+        raise ModelError(f"{path}: no *.safetensors weights (only safetensors are loaded, never pickles)")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True).to(device)
+    model.train(trainable)
+    model.requires_grad_(trainable)
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # training/scoring forwards; generate turns it on itself
+    return model
+
+
+class ValueModel(nn.Module):
+    """Critic: the SFT transformer body with a scalar head (critic initialised from p_SFT, §4.1)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.body = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
+        self.config = lm.config
+        self.value_head = nn.Linear(lm.config.hidden_size, 1, dtype=next(lm.parameters()).dtype)
+        nn.init.zeros_(self.value_head.weight)  # start at V=0: the warm-up learns the scale
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask):  # (B, T) -> (B, T)
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.value_head(hidden).squeeze(-1).float()
+
+    def save(self, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.body.save_pretrained(out_dir, safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
+                  str(out_dir / "value_head.safetensors"))
+        (out_dir / "value_head.json").write_text(json.dumps({"hidden_size": self.config.hidden_size}))
+
+
+def load_value_model(sft_path: Path, device, dtype) -> ValueModel:
+    lm = load_causal_lm(sft_path, device, dtype, trainable=True)
+    critic = ValueModel(lm).to(device)  # keeps the body only: the critic never predicts tokens
+    critic.train()
+    return critic
+
+
+def param_fingerprint(model: nn.Module) -> float:
+    """Cheap scalar summary of the weights, to prove an update changed them."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() for p in model.parameters()))
+

@@ -1,0 +1,66 @@
+"""Plots people would rather see than read: training curves, reward histograms, eval bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def curves(history: list[dict], keys: list[str], path: Path, title: str, x: str = "step") -> None:
+    keys = [k for k in keys if history and k in history[0]]
+    cols = min(3, len(keys)) or 1
+    rows = (len(keys) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3 * rows), squeeze=False)
+    xs = [h.get(x, i) for i, h in enumerate(history)]
+    for ax, key in zip(axes.flat, keys):
+        ax.plot(xs, [h[key] for h in history], marker="o" if len(xs) < 30 else None, ms=3)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def reward_histogram(groups: dict[str, list[float]], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in groups.items():
+        ax.hist(values, bins=20, alpha=0.5, label=name)
+    ax.set_xlabel("coherent reward  log p_SFT(y|x) - log p_PT(y|x)")
+    ax.set_ylabel("count")
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def grouped_bars(results: dict[str, dict], keys: list[tuple[str, str]], path: Path, title: str) -> None:
+    import numpy as np
+
+    models = list(results)
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 3.8))
+    for i, m in enumerate(models):
+        vals = [results[m].get(k) or 0.0 for k, _ in keys]
+        ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=m)
+    ax.set_xticks(x, [label for _, label in keys], rotation=15, fontsize=9)
+    ax.set_ylabel("%")
+    ax.legend()
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,98 @@
+"""Experience making: sampled responses -> log-probs, values, rewards, advantages.
+
+`p_SFT` plays two roles here and is run once: its log-probs are the KL reference *and* the
+numerator of the coherent reward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from srppo.data.chat import Batch, collate
+from srppo.logprobs import token_logprobs
+from srppo.ppo.estimators import get_estimator
+from srppo.ppo.losses import kl_penalty, masked_whiten
+from srppo.rewards import RewardNormalizer, coherent_reward, place_at_last_token, token_rewards
+from srppo.rollout.engine import Generation
+
+
+@dataclass
+class Scored:
+    """Responses scored by the frozen roles: what the `rollouts` stage stores and PPO re-uses."""
+
+    batch: Batch
+    logp_sft: torch.Tensor    # (B, T-1) log p_SFT of each response token, 0 elsewhere
+    logp_pt: torch.Tensor     # (B, T-1) log p_PT
+    reward_raw: torch.Tensor  # (B,) coherent reward, Eq. (3)
+    truncated: torch.Tensor   # (B,) bool: no EOS within the token budget
+
+
+@dataclass
+class Experience:
+    # trajectory
+    batch: Batch
+    truncated: torch.Tensor    # (B,)
+    # policy
+    logp_old: torch.Tensor     # (B, T-1) actor log-probs at sampling time
+    logp_sft: torch.Tensor     # (B, T-1) KL reference and reward numerator
+    # value
+    values: torch.Tensor       # (B, T-1) critic's V(s_t) at sampling time
+    # outcome
+    reward_raw: torch.Tensor   # (B,) coherent reward before normalisation
+    rewards: torch.Tensor      # (B, T-1) per-token reward incl. the KL penalty
+    advantages: torch.Tensor   # (B, T-1)
+    returns: torch.Tensor      # (B, T-1)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.action_mask
+
+
+@torch.no_grad()
+def score(gens: list[Generation], sft, pt, pad_id: int, device) -> Scored:
+    batch = collate([g.prompt_ids for g in gens], [g.response_ids for g in gens], pad_id).to(device)
+    logp_sft = token_logprobs(sft, batch)
+    logp_pt = token_logprobs(pt, batch)
+    reward = coherent_reward(logp_sft, logp_pt, batch.action_mask)
+    truncated = torch.tensor([g.truncated for g in gens], device=device)
+    return Scored(batch, logp_sft, logp_pt, reward, truncated)
+
+
+@torch.no_grad()
+def critic_values(critic, batch: Batch) -> torch.Tensor:
+    return critic(batch.input_ids, batch.attention_mask)[:, :-1] * batch.action_mask  # V(s_t), (B, T-1)
+
+
+def build_experience(scored: Scored, logp_old: torch.Tensor, values: torch.Tensor,
+                     normalizer: RewardNormalizer, cfg) -> Experience:
+    """Rewards (Eq. 4 or Appendix E) minus the per-token KL penalty, then advantages (Eq. 5)."""
+    mask = scored.batch.action_mask
+    if cfg.reward_mode == "sequence":
+        task_reward = place_at_last_token(normalizer(scored.reward_raw), mask)
+    else:  # Appendix E: every token earns its own log-ratio (scaled like the sequence reward)
+        task_reward = token_rewards(scored.logp_sft, scored.logp_pt, mask) / normalizer.scale
+    kl = kl_penalty(logp_old, scored.logp_sft, mask)
+    rewards = task_reward - cfg.kl_coef * kl
+    advantages, returns = get_estimator(cfg.estimator)(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    lengths = mask.sum(-1)
+    info = {
+        "reward_raw": scored.reward_raw.mean().item(),
+        "reward": (task_reward.sum(-1)).mean().item(),
+        "kl": kl.sum(-1).mean().item(),
+        "response_length": lengths.mean().item(),
+        "eos_rate": 1.0 - scored.truncated.float().mean().item(),
+    }
+    return Experience(scored.batch, scored.truncated, logp_old, scored.logp_sft, values,
+                      scored.reward_raw, rewards, advantages, returns, info)
+
+
+@torch.no_grad()
+def make_experience(actor, critic, scored: Scored, normalizer: RewardNormalizer, cfg) -> Experience:
+    logp_old = token_logprobs(actor, scored.batch)
+    values = critic_values(critic, scored.batch)
+    return build_experience(scored, logp_old, values, normalizer, cfg)

@@ -1,0 +1,149 @@
+"""The PPO loop of Algorithm 2 with the critic warm-up of §4.1.
+
+Phases per iteration (each timed): generate -> score (p_SFT, p_PT) -> make experience (actor,
+critic) -> PPO epochs over mini-batches (actor and critic). The warm-up trains only the critic, on
+buffers sampled from p_SFT by the `rollouts` stage: the actor equals p_SFT then, so its log-probs
+and the KL term need no extra forward.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from srppo.data.chat import Batch
+from srppo.io import write_json
+from srppo.logprobs import token_logprobs
+from srppo.ppo.experience import Experience, Scored, build_experience, critic_values, make_experience, score
+from srppo.ppo.losses import masked_mean, policy_loss, value_loss
+from srppo.rewards import RewardNormalizer
+from srppo.rollout.engine import SamplingParams
+
+
+class NumericError(RuntimeError):
+    """NaN/inf in a reward or loss; a dump of the offending batch is written next to the outputs."""
+
+
+@dataclass
+class Roles:
+    actor: torch.nn.Module
+    critic: torch.nn.Module
+    sft: torch.nn.Module   # frozen: KL reference and reward numerator
+    pt: torch.nn.Module    # frozen: reward denominator
+
+
+def _rows(batch: Batch, idx: torch.Tensor) -> Batch:
+    return Batch(batch.input_ids[idx], batch.attention_mask[idx], batch.action_mask[idx], batch.first_action)
+
+
+def _check_finite(name: str, value: torch.Tensor, exp: Experience, dump_dir: Path | None):
+    if torch.isfinite(value).all():
+        return
+    if dump_dir is not None:
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"input_ids": exp.batch.input_ids.cpu(), "reward_raw": exp.reward_raw.cpu(),
+                    "logp_old": exp.logp_old.cpu(), "logp_sft": exp.logp_sft.cpu()},
+                   dump_dir / "nonfinite_batch.pt")
+    where = f"; batch dumped to {dump_dir / 'nonfinite_batch.pt'}" if dump_dir else ""
+    raise NumericError(f"non-finite {name} ({value.flatten()[:8].tolist()}...){where}")
+
+
+class PPOTrainer:
+    def __init__(self, roles: Roles, engine, tok, cfg, sampling: SamplingParams,
+                 normalizer: RewardNormalizer, dump_dir: Path | None = None):
+        self.roles, self.engine, self.tok, self.cfg = roles, engine, tok, cfg
+        self.sampling, self.normalizer, self.dump_dir = sampling, normalizer, dump_dir
+        self.device = next(roles.actor.parameters()).device
+        self.actor_opt = torch.optim.AdamW(roles.actor.parameters(), lr=cfg.actor_lr, weight_decay=0.0)
+        self.critic_opt = torch.optim.AdamW(roles.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
+
+    # -- critic warm-up ---------------------------------------------------------------------
+    def warmup_critic(self, scored: Scored) -> dict:
+        """One warm-up buffer: actor frozen (= p_SFT), critic regresses on the GAE returns."""
+        values = critic_values(self.roles.critic, scored.batch)
+        exp = build_experience(scored, scored.logp_sft, values, self.normalizer, self.cfg)
+        _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
+        stats = [self._critic_step(exp, idx) for _ in range(self.cfg.ppo_epochs) for idx in self._minibatches(exp)]
+        return {**exp.info, **_mean(stats)}
+
+    # -- one PPO iteration --------------------------------------------------------------------
+    def iteration(self, prompts: list[list[int]]) -> dict:
+        t0 = time.perf_counter()
+        gens = self.engine.generate(prompts, self.sampling)
+        t1 = time.perf_counter()
+        scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device)
+        exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg)
+        _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
+        t2 = time.perf_counter()
+        stats = []
+        for _ in range(self.cfg.ppo_epochs):
+            for idx in self._minibatches(exp):
+                stats.append({**self._actor_step(exp, idx), **self._critic_step(exp, idx)})
+        t3 = time.perf_counter()
+        timing = {"time_generate": t1 - t0, "time_experience": t2 - t1, "time_train": t3 - t2}
+        tokens = exp.batch.attention_mask.sum().item()
+        return {**exp.info, **_mean(stats), **timing, "tokens_per_s": tokens / (t3 - t0)}
+
+    def _minibatches(self, exp: Experience):
+        perm = torch.randperm(exp.batch.input_ids.shape[0], device=self.device)
+        return perm.split(self.cfg.mini_batch_size)
+
+    def _actor_step(self, exp: Experience, idx) -> dict:
+        mb, mask = _rows(exp.batch, idx), exp.mask[idx]
+        logp, entropy = token_logprobs(self.roles.actor, mb, with_entropy=True)
+        loss, metrics = policy_loss(logp, exp.logp_old[idx], exp.advantages[idx], mask, self.cfg.clip_eps)
+        _check_finite("policy loss", loss, exp, self.dump_dir)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["actor_grad_norm"] = torch.nn.utils.clip_grad_norm_(
+            self.roles.actor.parameters(), self.cfg.max_grad_norm).item()
+        self.actor_opt.step()
+        metrics["entropy"] = masked_mean(entropy, mask).item()
+        return metrics
+
+    def _critic_step(self, exp: Experience, idx) -> dict:
+        mb, mask = _rows(exp.batch, idx), exp.mask[idx]
+        values = self.roles.critic(mb.input_ids, mb.attention_mask)[:, :-1]
+        loss, metrics = value_loss(values, exp.values[idx], exp.returns[idx], mask, self.cfg.value_clip)
+        _check_finite("value loss", loss, exp, self.dump_dir)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.roles.critic.parameters(), self.cfg.max_grad_norm)
+        self.critic_opt.step()
+        return metrics
+
+
+def _mean(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def prompt_stream(prompts: list[list[int]], batch: int, seed: int):
+    """Endless shuffled passes (episodes) over the prompt set, `batch` prompts at a time."""
+    rng = random.Random(seed)
+    episode = 0
+    while True:
+        order = list(range(len(prompts)))
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch + 1, batch):
+            yield episode, [prompts[i] for i in order[start : start + batch]]
+        episode += 1
+
+
+def length_guard_tripped(history: list[dict], factor: float) -> bool:
+    """Appendix E's failure: responses keep growing until nearly all hit the token budget."""
+    if len(history) < 2:
+        return False
+    first, last = history[0]["response_length"], history[-1]["response_length"]
+    return last > factor * max(first, 1.0) and last > 0 and history[-1]["eos_rate"] < 0.5
+
+
+def save_history(history: list[dict], path: Path) -> None:
+    write_json(path, [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in h.items()}
+                      for h in history])

@@ -1,0 +1,97 @@
+"""Rollout engines: turn prompt token ids into sampled responses.
+
+The interface is deliberately small so a vLLM engine can stand in for the transformers one: it
+gets prompts as token ids and returns response token ids, cut after EOS, with a truncation flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    response_ids: list[int]  # ends with EOS unless truncated
+    truncated: bool          # no EOS within max_new_tokens
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]: ...
+
+
+_ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
+
+
+def register_engine(name: str):
+    def wrap(factory):
+        _ENGINES[name] = factory
+        return factory
+    return wrap
+
+
+def make_engine(name: str, model, tok, batch_size: int) -> RolloutEngine:
+    if name not in _ENGINES:
+        raise KeyError(f"unknown rollout engine '{name}'; available: {sorted(_ENGINES)}")
+    return _ENGINES[name](model=model, tok=tok, batch_size=batch_size)
+
+
+def cut_at_eos(tokens: list[int], eos_id: int, max_new_tokens: int) -> tuple[list[int], bool]:
+    """Keep tokens up to and including the first EOS; truncated when there is none."""
+    if eos_id in tokens:
+        return tokens[: tokens.index(eos_id) + 1], False
+    return tokens[:max_new_tokens], True
+
+
+@register_engine("hf")
+class HFEngine:
+    """transformers `generate` with left padding; batches prompts of similar length together."""
+
+    def __init__(self, model, tok, batch_size: int = 16):
+        self.model, self.tok, self.batch_size = model, tok, batch_size
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams, progress=None) -> list[Generation]:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
+        results: dict[int, Generation] = {}
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx], params)):
+                results[i] = gen
+            if progress is not None:
+                progress.update(len(idx))
+        return [results[i] for i in range(len(prompts))]
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        device = next(self.model.parameters()).device
+        pad = self.tok.pad_token_id
+        T = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, T - len(p):] = torch.tensor(p)
+            attn[i, T - len(p):] = 1
+        was_training = self.model.training
+        self.model.eval()
+        sample = dict(do_sample=False) if params.greedy else dict(
+            do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        out = self.model.generate(
+            input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=params.max_new_tokens,
+            pad_token_id=pad, eos_token_id=self.tok.eos_token_id, use_cache=True, **sample)
+        self.model.train(was_training)
+        gens = []
+        for i, p in enumerate(prompts):
+            resp, truncated = cut_at_eos(out[i, T:].tolist(), self.tok.eos_token_id, params.max_new_tokens)
+            gens.append(Generation(list(p), resp, truncated))
+        return gens

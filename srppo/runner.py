@@ -1,0 +1,48 @@
+"""What every pipeline step shares: validated params, runtime setup, timing, progress, metrics."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from srppo.config import ConfigError, Params, load_params
+
+
+def load(params_path: str | Path = "params.yaml") -> Params:
+    """Validate the whole params file up front: a typo anywhere fails before any work starts."""
+    try:
+        return load_params(params_path)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def log(stage: str, msg: str) -> None:
+    print(f"[{stage}] {msg}", file=sys.stderr, flush=True)
+
+
+class Timer:
+    """Wall time per named phase, reported in the stage's metrics."""
+
+    def __init__(self, stage: str):
+        self.stage, self.phases, self._t0 = stage, {}, time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str):
+        log(self.stage, f"{name} ...")
+        t = time.perf_counter()
+        yield
+        self.phases[name] = round(time.perf_counter() - t, 2)
+        log(self.stage, f"{name} done in {self.phases[name]:.1f}s")
+
+    def report(self) -> dict:
+        return {"seconds": {**self.phases, "total": round(time.perf_counter() - self._t0, 2)}}
+
+
+def progress(total: int, desc: str, unit: str = "it"):
+    """A tqdm bar on stderr (DVC streams it), quiet when stderr is not a terminal and CI sets CI."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=2.0)

@@ -1,0 +1,85 @@
+"""Supervised fine-tuning, Eq. (1): maximise log p(y|x) on demonstrations, response tokens only."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable
+
+import torch
+
+from srppo.data.chat import collate, encode_prompt, encode_response
+from srppo.data.records import DataError
+from srppo.logprobs import token_logprobs
+from srppo.ppo.losses import masked_mean
+
+
+def encode_demos(tok, demos: list[dict], max_len: int, source: str = "demonstrations") -> list[tuple]:
+    """(prompt_ids, response_ids) per demo; a row that does not fit `max_len` is an error, not a silent cut."""
+    encoded = []
+    for row, demo in enumerate(demos, start=1):
+        p = encode_prompt(tok, demo["messages"])
+        r = encode_response(tok, demo["messages"], demo["response"], p)
+        if len(p) + len(r) > max_len:
+            raise DataError(f"{source} row {row} (id {demo['id']}): prompt+response is {len(p) + len(r)} "
+                            f"tokens, over sft.max_len={max_len}; raise it or filter the row")
+        encoded.append((p, r))
+    return encoded
+
+
+def lr_at(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10 %: a multiplier on the base learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def micro_batches(n: int, batch_size: int, epochs: float, seed: int):
+    """Shuffled index batches over fractional epochs (the last epoch is cut short)."""
+    rng = random.Random(seed)
+    total = math.ceil(epochs * n / batch_size)
+    produced, epoch = 0, 0
+    while produced < total:
+        order = list(range(n))
+        rng.shuffle(order)
+        for start in range(0, n, batch_size):
+            if produced >= total:
+                return
+            yield epoch, order[start : start + batch_size]
+            produced += 1
+        epoch += 1
+
+
+def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
+              on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches = list(micro_batches(len(encoded), cfg.batch_size, cfg.epochs, seed))
+    total_steps = math.ceil(len(batches) / cfg.grad_accum)
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    model.train()
+    history, accum, tokens = [], [], 0
+    for i, (epoch, idx) in enumerate(batches):
+        batch = collate([encoded[j][0] for j in idx], [encoded[j][1] for j in idx], tok.pad_token_id).to(device)
+        logp = token_logprobs(model, batch)
+        loss = -masked_mean(logp, batch.action_mask)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"SFT loss is {loss.item()} at micro-batch {i}; lower sft.lr")
+        (loss / cfg.grad_accum).backward()
+        accum.append(loss.item())
+        tokens += int(batch.attention_mask.sum())
+        if len(accum) == cfg.grad_accum or i == len(batches) - 1:
+            step = len(history)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_at(step, total_steps, warmup)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            row = {"step": step + 1, "epoch": epoch, "loss": sum(accum) / len(accum),
+                   "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm, "tokens": tokens}
+            history.append(row)
+            accum = []
+            if on_step:
+                on_step(row)
+    return history

@@ -1,0 +1,18 @@
+"""Verifiable instruction testbed: self-generated, exactly checkable training/eval data.
+
+Why: the embedded default (SmolLM2-135M on CPU) needs data it can build offline and
+deterministically from a seed, with a programmatic expert demonstration for every
+prompt and an exact checker for every constraint (IFEval-style constraints and
+GSM8K-style arithmetic), split into the paper's SFT/PPO overlap setups.
+Pure standard library.
+"""
+
+from .checks import CHECKERS, check_response, count_words, loose_variants, parse_final_number
+from .families import FAMILIES, FAMILY_GROUPS, GROUPS, families_in, generate_family
+from .splits import OVERLAPS, build_splits
+
+__all__ = [
+    "CHECKERS", "FAMILIES", "FAMILY_GROUPS", "GROUPS", "OVERLAPS",
+    "build_splits", "check_response", "count_words", "families_in", "generate_family",
+    "loose_variants", "parse_final_number",
+]

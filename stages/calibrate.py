@@ -1,0 +1,50 @@
+"""Stage `calibrate`: measure the coherent reward and write the normalisation PPO uses.
+
+usage: python stages/calibrate.py BASE_DIR SFT_DIR CALIBRATION_JSONL PROMPTS_JSONL NORM_JSON METRICS_JSON PLOT_PNG
+"""
+
+import sys
+
+from srppo import plots
+from srppo.calibrate import calibration_report, fit_normalizer, rewards_of
+from srppo.data.records import read_jsonl
+from srppo.io import write_json
+from srppo.models import load_tokenizer, setup_runtime
+from srppo.roles import demo_generations, frozen, prompt_ids, sampling_params
+from srppo.rollout.engine import make_engine
+from srppo.runner import Timer, load, log, progress
+
+
+def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, plot_path) -> None:
+    params = load()
+    cfg, rcfg = params.calibrate, params.rollouts
+    device, dtype = setup_runtime(params.runtime)
+    timer = Timer("calibrate")
+    tok = load_tokenizer(sft_dir)
+    sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)
+    demos = read_jsonl(calib_path)
+    prompts = read_jsonl(prompts_path)[: cfg.n_prompts]
+    sampling = sampling_params(rcfg)
+    score = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.batch_size)
+    with timer.phase("score demonstrations"):
+        demo_r, demo_len = score(demo_generations(tok, demos))
+    with timer.phase("sample p_PT on the demonstration prompts"), progress(len(demos), "p_PT samples") as bar:
+        pt_gens = make_engine(rcfg.engine, pt, tok, rcfg.batch_size).generate(
+            prompt_ids(tok, demos), sampling, progress=bar)
+        pt_r, pt_len = score(pt_gens)
+    with timer.phase("sample p_SFT on PPO prompts"), progress(len(prompts), "p_SFT samples") as bar:
+        sft_gens = make_engine(rcfg.engine, sft, tok, rcfg.batch_size).generate(
+            prompt_ids(tok, prompts), sampling, progress=bar)
+        sft_r, sft_len = score(sft_gens)
+    norm = fit_normalizer(sft_r, cfg.normalize, cfg.clip_quantile, cfg.clip_margin)
+    report = calibration_report(demo_r, demo_len, sft_r, sft_len, pt_r, pt_len, norm)
+    log("calibrate", f"reward mean: demos {demo_r.mean():.2f}, p_SFT samples {sft_r.mean():.2f}, "
+        f"p_PT samples {pt_r.mean():.2f}; AUC demo>PT {report['auc_demo_vs_pt']:.2f}")
+    write_json(norm_path, norm.to_dict())
+    plots.reward_histogram({"demonstrations": demo_r.tolist(), "p_SFT samples": sft_r.tolist(),
+                            "p_PT samples": pt_r.tolist()}, plot_path, "Coherent reward before PPO")
+    write_json(metrics_path, {**report, **timer.report()})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,49 @@
+"""Stage `eval`: pretrained vs SFT vs SRPPO on the eval sets, with exact checkers.
+
+usage: python stages/eval.py BASE_DIR SFT_DIR PPO_DIR EVAL_JSONL OUT_DIR METRICS_JSON
+"""
+
+import sys
+from pathlib import Path
+
+from srppo import plots
+from srppo.data.records import read_jsonl, write_jsonl
+from srppo.evaluate import HEADLINE, generate_responses, markdown_table, score_items, summarise
+from srppo.io import write_json, write_text_atomic
+from srppo.models import load_tokenizer, setup_runtime
+from srppo.roles import frozen
+from srppo.rollout.engine import make_engine
+from srppo.runner import Timer, load, log, progress
+
+
+def main(base_dir, sft_dir, ppo_dir, eval_path, out_dir, metrics_path) -> None:
+    params = load()
+    cfg = params.eval
+    device, dtype = setup_runtime(params.runtime)
+    timer = Timer("eval")
+    paths = {"pretrained": base_dir, "sft": sft_dir, "srppo": ppo_dir}
+    items = read_jsonl(eval_path)
+    out = Path(out_dir)
+    results, rows_all = {}, []
+    for name in cfg.models:
+        with timer.phase(f"generate + check: {name}"), progress(len(items), f"eval {name}") as bar:
+            tok = load_tokenizer(paths[name])
+            model = frozen(paths[name], device, dtype)
+            engine = make_engine(params.rollouts.engine, model, tok, cfg.batch_size)
+            rows = score_items(items, generate_responses(engine, tok, items, cfg.max_new_tokens, progress=bar))
+            del model
+        results[name] = summarise(rows)
+        rows_all += [{"model": name, **r} for r in rows]
+        log("eval", f"{name}: strict {results[name]['strict_acc']}, arithmetic {results[name]['arithmetic_em']}")
+    write_jsonl(out / "responses.jsonl", rows_all)
+    table = markdown_table(results)
+    write_text_atomic(out / "table.md", table)
+    plots.grouped_bars(results, [k for k in HEADLINE if k[0] not in ("mean_tokens",)], out / "eval.png",
+                       "Evaluation on the verifiable instruction testbed")
+    print(table)
+    write_json(metrics_path, {**{m: {k: v for k, v in r.items() if k != "families"} for m, r in results.items()},
+                              **timer.report()})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

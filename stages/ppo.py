@@ -1,0 +1,73 @@
+"""Stage `ppo`: Self-Rewarding PPO from p_SFT (Algorithm 2 with the coherent reward).
+
+usage: python stages/ppo.py BASE_DIR SFT_DIR PROMPTS_JSONL NORM_JSON ROLLOUTS_DIR OUT_DIR METRICS_JSON CURVES_CSV
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from srppo import plots
+from srppo.data.records import read_jsonl
+from srppo.io import atomic_dir, read_json, write_json
+from srppo.models import load_causal_lm, load_tokenizer, load_value_model, save_pretrained, setup_runtime
+from srppo.ppo.trainer import PPOTrainer, Roles, length_guard_tripped, prompt_stream
+from srppo.rewards import RewardNormalizer
+from srppo.roles import frozen, prompt_ids, sampling_params
+from srppo.rollout.buffer import read_buffers
+from srppo.rollout.engine import make_engine
+from srppo.runner import Timer, load, log, progress
+
+CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_loss", "policy_loss",
+          "clip_frac", "entropy", "approx_kl"]
+
+
+def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metrics_path, curves_csv) -> None:
+    params = load()
+    cfg, rcfg = params.ppo, params.rollouts
+    device, dtype = setup_runtime(params.runtime)
+    timer = Timer("ppo")
+    tok = load_tokenizer(sft_dir)
+    with timer.phase("load actor, critic, p_SFT, p_PT"):
+        roles = Roles(actor=load_causal_lm(sft_dir, device, dtype, trainable=True),
+                      critic=load_value_model(Path(sft_dir), device, dtype),
+                      sft=frozen(sft_dir, device, dtype), pt=frozen(base_dir, device, dtype))
+    engine = make_engine(rcfg.engine, roles.actor, tok, rcfg.batch_size)
+    trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
+                         RewardNormalizer.from_dict(read_json(norm_path)), dump_dir=Path(out_dir).parent / "debug")
+    history, stopped = [], None
+    with timer.phase(f"critic warm-up on {cfg.critic_warmup_buffers} buffers"):
+        for i, scored in enumerate(read_buffers(Path(rollouts_dir), cfg.critic_warmup_buffers, tok.pad_token_id, device)):
+            history.append({"step": i + 1, "phase": "warmup", **trainer.warmup_critic(scored)})
+            log("ppo", f"warm-up {i + 1}: value_loss {history[-1]['value_loss']:.4f}")
+    prompts = prompt_ids(tok, read_jsonl(prompts_path))
+    stream = prompt_stream(prompts, rcfg.buffer_size, params.runtime.seed)
+    ppo_rows = []
+    with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
+        for it in range(cfg.iterations):
+            episode, batch = next(stream)
+            row = {"step": len(history) + 1, "phase": "ppo", "episode": episode, **trainer.iteration(batch)}
+            history.append(row)
+            ppo_rows.append(row)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_raw']:.2f}", kl=f"{row['kl']:.3f}", len=f"{row['response_length']:.0f}")
+            if length_guard_tripped(ppo_rows, cfg.length_guard):
+                stopped = f"length guard at iteration {it + 1}: responses grew past {cfg.length_guard}x"
+                log("ppo", f"stopping early: {stopped}")
+                break
+    with timer.phase("save actor"), atomic_dir(out_dir) as tmp:
+        save_pretrained(roles.actor, tok, tmp)
+    pd.DataFrame(history).to_csv(curves_csv, index=False)
+    plots.curves(ppo_rows, CURVES, Path(curves_csv).with_suffix(".png"), "SRPPO training")
+    first, last = ppo_rows[0], ppo_rows[-1]
+    write_json(metrics_path, {
+        "iterations": len(ppo_rows), "stopped_early": stopped,
+        "reward_raw_first": first["reward_raw"], "reward_raw_last": last["reward_raw"],
+        "kl_last": last["kl"], "response_length_first": first["response_length"],
+        "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
+        "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows), **timer.report()})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,30 @@
+"""Stage `prepare`: demonstrations, PPO prompts, calibration and eval sets as JSONL.
+
+usage: python stages/prepare.py OUT_DIR METRICS_JSON
+"""
+
+import sys
+from pathlib import Path
+
+from srppo.data.prepare import SPLITS, describe, prepare
+from srppo.data.records import write_jsonl
+from srppo.io import atomic_dir, write_json
+from srppo.runner import Timer, load, log
+
+
+def main(out_dir: str, metrics_path: str) -> None:
+    params = load()
+    timer = Timer("prepare")
+    with timer.phase(f"build ({params.prepare.source}, overlap={params.prepare.overlap})"):
+        splits = prepare(params.prepare)
+    with atomic_dir(out_dir) as tmp:
+        for name in SPLITS:
+            write_jsonl(Path(tmp) / f"{name}.jsonl", splits[name])
+    stats = describe(splits)
+    for name in SPLITS:
+        log("prepare", f"{name}: {stats[name]['rows']} rows, {len(stats[name]['families'])} families")
+    write_json(metrics_path, {**stats, **timer.report()})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

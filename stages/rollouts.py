@@ -1,0 +1,50 @@
+"""Stage `rollouts`: sample p_SFT on PPO prompts, score with the coherent reward, save parquet buffers.
+
+These buffers are the critic warm-up data and a browsable record of what p_SFT does before PPO.
+usage: python stages/rollouts.py BASE_DIR SFT_DIR PROMPTS_JSONL OUT_DIR
+"""
+
+import random
+import sys
+
+from srppo.data.records import read_jsonl
+from srppo.io import atomic_dir, write_json
+from srppo.models import load_tokenizer, setup_runtime
+from srppo.ppo.experience import score
+from srppo.roles import frozen, prompt_ids, sampling_params
+from srppo.rollout.buffer import buffer_path, to_frame
+from srppo.rollout.engine import make_engine
+from srppo.runner import Timer, load, log, progress
+
+
+def main(base_dir, sft_dir, prompts_path, out_dir) -> None:
+    params = load()
+    cfg = params.rollouts
+    device, dtype = setup_runtime(params.runtime)
+    timer = Timer("rollouts")
+    tok = load_tokenizer(sft_dir)
+    sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)
+    engine = make_engine(cfg.engine, sft, tok, cfg.batch_size)
+    records = read_jsonl(prompts_path)
+    random.Random(params.runtime.seed).shuffle(records)
+    need = cfg.n_buffers * cfg.buffer_size
+    records = (records * (need // len(records) + 1))[:need]  # cycle a small prompt set
+    summary = []
+    with atomic_dir(out_dir) as tmp, progress(need, "rollouts") as bar:
+        for b in range(cfg.n_buffers):
+            items = records[b * cfg.buffer_size : (b + 1) * cfg.buffer_size]
+            with timer.phase(f"buffer {b}"):
+                gens = engine.generate(prompt_ids(tok, items), sampling_params(cfg), progress=bar)
+                scored = score(gens, sft, pt, tok.pad_token_id, device)
+                frame = to_frame(scored, gens, items, tok, b)
+                frame.to_parquet(buffer_path(tmp, b), index=False)
+            summary.append({"buffer": b, "reward_mean": float(frame.reward_raw.mean()),
+                            "length_mean": float(frame.length.mean()),
+                            "eos_rate": float(1 - frame.truncated.mean())})
+            log("rollouts", f"buffer {b}: reward {summary[-1]['reward_mean']:.2f}, "
+                f"length {summary[-1]['length_mean']:.1f}")
+        write_json(tmp / "summary.json", {"buffers": summary, **timer.report()})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,46 @@
+"""Stage `sft`: fine-tune p_PT on the demonstrations -> p_SFT.
+
+usage: python stages/sft.py BASE_DIR DEMOS_JSONL OUT_DIR METRICS_JSON LOSS_CSV
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from srppo import plots
+from srppo.data.records import read_jsonl
+from srppo.io import atomic_dir, write_json
+from srppo.models import load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
+from srppo.runner import Timer, load, progress
+from srppo.sft import encode_demos, micro_batches, train_sft
+
+
+def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_csv: str) -> None:
+    params = load()
+    cfg = params.sft
+    device, dtype = setup_runtime(params.runtime)
+    timer = Timer("sft")
+    tok = load_tokenizer(base_dir)
+    encoded = encode_demos(tok, read_jsonl(demos_path), cfg.max_len, demos_path)
+    model = load_causal_lm(base_dir, device, dtype, trainable=True)
+    n_micro = sum(1 for _ in micro_batches(len(encoded), cfg.batch_size, cfg.epochs, params.runtime.seed))
+    with timer.phase(f"train {len(encoded)} demos x {cfg.epochs} epochs"), \
+            progress(-(-n_micro // cfg.grad_accum), "sft", "step") as bar:
+        def on_step(row):
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+        history = train_sft(model, tok, encoded, cfg, params.runtime.seed, on_step)
+    with timer.phase("save"), atomic_dir(out_dir) as tmp:
+        save_pretrained(model, tok, tmp)
+    pd.DataFrame(history).to_csv(loss_csv, index=False)
+    plots.curves(history, ["loss", "lr", "grad_norm"], Path(loss_csv).with_suffix(".png"), "SFT")
+    tokens = history[-1]["tokens"]
+    write_json(metrics_path, {"final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
+                              "steps": len(history), "tokens": tokens,
+                              "tokens_per_s": round(tokens / timer.phases[next(iter(timer.phases))], 1),
+                              **timer.report()})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
