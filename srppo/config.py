@@ -136,9 +136,11 @@ class PPOConfig(Section):
     reward_mode: Literal["sequence", "token"] = Field(
         "sequence", description="'sequence': Eq. (4), reward at EOS. 'token': Appendix E (length blow-up!).")
     estimator: Literal["gae"] = Field("gae", description="Advantage estimator from the registry.")
-    iterations: int = Field(8, ge=1, description="PPO iterations (one buffer each) after the warm-up.")
+    iterations: int = Field(10, ge=1, description="PPO iterations (one buffer each) after the warm-up.")
     critic_warmup_buffers: int = Field(2, ge=0, description="Critic-only updates on the `rollouts` buffers (paper: 35).")
-    actor_lr: float = Field(1e-6, gt=0, description="Paper: {5e-8, 2e-8, 1e-8} at 7B with 1024-sample buffers.")
+    actor_lr: float = Field(
+        1e-5, gt=0, description="Paper: {5e-8, 2e-8, 1e-8} at 7B with 1024-sample buffers; a 135M model with "
+        "16-sample buffers and 10 iterations needs far larger steps to move at all.")
     critic_lr: float = Field(9e-6, gt=0, description="Paper: 9e-6.")
     kl_coef: float = Field(0.2, ge=0, description="Per-token KL penalty to p_SFT. Paper: 0.2 or 0.5.")
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip. Paper: 0.2.")

@@ -45,3 +45,9 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    write_text_atomic(path, pd.DataFrame(rows).to_csv(index=False))

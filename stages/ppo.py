@@ -6,11 +6,9 @@ usage: python stages/ppo.py BASE_DIR SFT_DIR PROMPTS_JSONL NORM_JSON ROLLOUTS_DI
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from srppo import plots
 from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir, read_json, write_json
+from srppo.io import atomic_dir, read_json, write_csv, write_json
 from srppo.models import load_causal_lm, load_tokenizer, load_value_model, save_pretrained, setup_runtime
 from srppo.ppo.trainer import PPOTrainer, Roles, length_guard_tripped, prompt_stream
 from srppo.rewards import RewardNormalizer
@@ -58,7 +56,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
                 break
     with timer.phase("save actor"), atomic_dir(out_dir) as tmp:
         save_pretrained(roles.actor, tok, tmp)
-    pd.DataFrame(history).to_csv(curves_csv, index=False)
+    write_csv(curves_csv, history)
     plots.curves(ppo_rows, CURVES, Path(curves_csv).with_suffix(".png"), "SRPPO training")
     first, last = ppo_rows[0], ppo_rows[-1]
     write_json(metrics_path, {

@@ -6,11 +6,9 @@ usage: python stages/sft.py BASE_DIR DEMOS_JSONL OUT_DIR METRICS_JSON LOSS_CSV
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from srppo import plots
 from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir, write_json
+from srppo.io import atomic_dir, write_csv, write_json
 from srppo.models import load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
 from srppo.runner import Timer, load, progress
 from srppo.sft import encode_demos, micro_batches, train_sft
@@ -33,7 +31,7 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
         history = train_sft(model, tok, encoded, cfg, params.runtime.seed, on_step)
     with timer.phase("save"), atomic_dir(out_dir) as tmp:
         save_pretrained(model, tok, tmp)
-    pd.DataFrame(history).to_csv(loss_csv, index=False)
+    write_csv(loss_csv, history)
     plots.curves(history, ["loss", "lr", "grad_norm"], Path(loss_csv).with_suffix(".png"), "SFT")
     tokens = history[-1]["tokens"]
     write_json(metrics_path, {"final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
