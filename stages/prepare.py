@@ -8,7 +8,7 @@ from pathlib import Path
 
 from srppo.data.prepare import SPLITS, describe, prepare
 from srppo.data.records import write_jsonl
-from srppo.io import atomic_dir, write_json
+from srppo.io import write_json
 from srppo.runner import Timer, load, log
 
 
@@ -17,9 +17,8 @@ def main(out_dir: str, metrics_path: str) -> None:
     timer = Timer("prepare")
     with timer.phase(f"build ({params.prepare.source}, overlap={params.prepare.overlap})"):
         splits = prepare(params.prepare)
-    with atomic_dir(out_dir) as tmp:
-        for name in SPLITS:
-            write_jsonl(Path(tmp) / f"{name}.jsonl", splits[name])
+    for name in SPLITS:  # each file is its own DVC output, written atomically
+        write_jsonl(Path(out_dir) / f"{name}.jsonl", splits[name])
     stats = describe(splits)
     for name in SPLITS:
         log("prepare", f"{name}: {stats[name]['rows']} rows, {len(stats[name]['families'])} families")

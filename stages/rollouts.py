@@ -1,7 +1,7 @@
 """Stage `rollouts`: sample p_SFT on PPO prompts, score with the coherent reward, save parquet buffers.
 
 These buffers are the critic warm-up data and a browsable record of what p_SFT does before PPO.
-usage: python stages/rollouts.py BASE_DIR SFT_DIR PROMPTS_JSONL OUT_DIR
+usage: python stages/rollouts.py BASE_DIR SFT_DIR PROMPTS_JSONL OUT_DIR METRICS_JSON
 """
 
 import random
@@ -17,7 +17,7 @@ from srppo.rollout.engine import make_engine
 from srppo.runner import Timer, load, log, progress
 
 
-def main(base_dir, sft_dir, prompts_path, out_dir) -> None:
+def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
     params = load()
     cfg = params.rollouts
     device, dtype = setup_runtime(params.runtime)
@@ -43,7 +43,7 @@ def main(base_dir, sft_dir, prompts_path, out_dir) -> None:
                             "eos_rate": float(1 - frame.truncated.mean())})
             log("rollouts", f"buffer {b}: reward {summary[-1]['reward_mean']:.2f}, "
                 f"length {summary[-1]['length_mean']:.1f}")
-        write_json(tmp / "summary.json", {"buffers": summary, **timer.report()})
+    write_json(metrics_path, {"buffers": summary, **timer.report()})
 
 
 if __name__ == "__main__":
