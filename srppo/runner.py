@@ -42,7 +42,7 @@ class Timer:
 
 
 def progress(total: int, desc: str, unit: str = "it"):
-    """A tqdm bar on stderr (DVC streams it), quiet when stderr is not a terminal and CI sets CI."""
+    """A tqdm bar on stderr, which DVC streams through; redrawn at most every 2 s to keep logs short."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=2.0)

@@ -28,7 +28,8 @@ class SamplingParams:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]: ...
+    def generate(self, prompts: list[list[int]], params: SamplingParams, progress=None) -> list[Generation]:
+        """One Generation per prompt, in order; `progress.update(n)` (a tqdm bar) as prompts finish."""
 
 
 _ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
