@@ -106,6 +106,9 @@ class SFTConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(
+        20, ge=0, description="Optimizer steps between resumable checkpoints in data/checkpoints/sft "
+        "(the default's 72 steps checkpoint 3 times); 0 = off. A rerun resumes from the latest.")
 
 
 class CalibrateConfig(Section):
@@ -156,6 +159,9 @@ class PPOConfig(Section):
         "while most responses are truncated: the Appendix E failure mode.")
     token_reward_ack: bool = Field(
         False, description="Must be true to use reward_mode='token' (known to blow up length, Appendix E).")
+    checkpoint_every: int = Field(
+        4, ge=0, description="Warm-up buffers + PPO iterations between resumable checkpoints in "
+        "data/checkpoints/ppo (the default's 2 + 10 checkpoint 3 times); 0 = off.")
 
     @model_validator(mode="after")
     def _token_mode_guard(self):

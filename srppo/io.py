@@ -36,15 +36,22 @@ def atomic_dir(path: str | Path):
     """Yield a temporary sibling directory; it replaces `path` only if the block completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write (SIGKILL, OOM)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+    except OSError as err:  # disk full, quota, permissions: say which output could not be written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(err.errno, f"writing {path} failed: {err.strerror or err}; "
+                                 f"the previous {path.name} (if any) is untouched") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:

@@ -108,12 +108,33 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+def check_weights(path: Path) -> None:
+    """Fail fast, naming the file, on missing or unreadable weights: before any model is built."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{path}: no *.safetensors weights (only safetensors are loaded, never pickles)")
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt"):  # parses the header and checks it against the file size
+                pass
+        except Exception as err:  # SafetensorError and OSError alike mean the file cannot be used
+            raise ModelError(f"{f}: corrupt or truncated safetensors file ({err}); re-create it "
+                             f"(rerun the stage that wrote it)") from None
+
+
+def context_length(path: str | Path) -> int | None:
+    """The model's context (max_position_embeddings) from its config.json, without loading weights."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    return config.get("max_position_embeddings") or config.get("n_positions")
+
+
 def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, trainable: bool = False):
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    if not any(path.glob("*.safetensors")):
-        raise ModelError(f"{path}: no *.safetensors weights (only safetensors are loaded, never pickles)")
+    check_weights(path)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True).to(device)
     model.train(trainable)
     model.requires_grad_(trainable)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from srppo.config import RolloutConfig
 from srppo.data.chat import encode_prompt, encode_response
+from srppo.data.records import DataError
 from srppo.models import load_causal_lm
 from srppo.rollout.engine import Generation, SamplingParams
 
@@ -16,8 +17,22 @@ def sampling_params(cfg: RolloutConfig) -> SamplingParams:
     return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
 
 
-def prompt_ids(tok, records: list[dict]) -> list[list[int]]:
-    return [encode_prompt(tok, r["messages"]) for r in records]
+def prompt_ids(tok, records: list[dict], source: str = "prompts", max_new_tokens: int = 0,
+               context: int | None = None) -> list[list[int]]:
+    """Encoded prompts; with `context`, a prompt that leaves no room for `max_new_tokens` is an error."""
+    ids = [encode_prompt(tok, r["messages"]) for r in records]
+    if context is not None:
+        check_context(ids, records, source, max_new_tokens, context)
+    return ids
+
+
+def check_context(ids: list[list[int]], records: list[dict], source: str, max_new_tokens: int, context: int) -> None:
+    # checked before generation: past the context a model silently degrades (or crashes mid-run)
+    for row, (p, rec) in enumerate(zip(ids, records), start=1):
+        if len(p) + max_new_tokens > context:
+            raise DataError(source, row, None, f"prompt (id {rec.get('id')}) is {len(p)} tokens; with "
+                            f"max_new_tokens={max_new_tokens} it exceeds the model's context of {context} "
+                            f"tokens (max_position_embeddings): shorten or filter it, or lower max_new_tokens")
 
 
 def demo_generations(tok, records: list[dict]) -> list[Generation]:

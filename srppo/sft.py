@@ -27,6 +27,13 @@ def encode_demos(tok, demos: list[dict], max_len: int, source: str = "demonstrat
     return encoded
 
 
+def check_max_len(max_len: int, context: int | None, model_dir) -> None:
+    """sft.max_len must fit the model: longer rows would pass encode_demos and then break the forward."""
+    if context is not None and max_len > context:
+        raise ValueError(f"sft.max_len={max_len} exceeds the context of {model_dir} ({context} tokens, "
+                         f"max_position_embeddings in its config.json); lower sft.max_len")
+
+
 def lr_at(step: int, total: int, warmup: int) -> float:
     """Linear warm-up then cosine decay to 10 %: a multiplier on the base learning rate."""
     if step < warmup:
@@ -52,20 +59,27 @@ def micro_batches(n: int, batch_size: int, epochs: float, seed: int):
 
 
 def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
-              on_step: Callable[[dict], None] | None = None) -> list[dict]:
+              on_step: Callable[[dict], None] | None = None, ckpt=None) -> list[dict]:
+    """`ckpt` (a srppo.checkpoint.Checkpointer) resumes from / saves at optimizer-step boundaries."""
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the whole schedule comes from the seed, so a micro-batch index is a complete data position
     batches = list(micro_batches(len(encoded), cfg.batch_size, cfg.epochs, seed))
     total_steps = math.ceil(len(batches) / cfg.grad_accum)
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
     model.train()
-    history, accum, tokens = [], [], 0
-    for i, (epoch, idx) in enumerate(batches):
+    history, accum, tokens, start = [], [], 0, 0
+    saved = ckpt.restore({"model": model}, {"opt": opt}) if ckpt else None
+    if saved:
+        history, tokens, start = saved["history"], saved["tokens"], saved["next_micro"]
+    for i in range(start, len(batches)):
+        epoch, idx = batches[i]
         batch = collate([encoded[j][0] for j in idx], [encoded[j][1] for j in idx], tok.pad_token_id).to(device)
         logp = token_logprobs(model, batch)
         loss = -masked_mean(logp, batch.action_mask)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"SFT loss is {loss.item()} at micro-batch {i}; lower sft.lr")
+            raise FloatingPointError(f"SFT loss is {loss.item()} at micro-batch {i} (demo rows "
+                                     f"{[j + 1 for j in idx]}); lower sft.lr")
         (loss / cfg.grad_accum).backward()
         accum.append(loss.item())
         tokens += int(batch.attention_mask.sum())
@@ -82,4 +96,7 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
             accum = []
             if on_step:
                 on_step(row)
+            if ckpt:
+                ckpt.maybe_save(len(history), {"model": model}, {"opt": opt},
+                                lambda: {"history": history, "tokens": tokens, "next_micro": i + 1})
     return history

@@ -9,7 +9,7 @@ from srppo import plots
 from srppo.calibrate import calibration_report, fit_normalizer, rewards_of
 from srppo.data.records import read_jsonl
 from srppo.io import write_json
-from srppo.models import load_tokenizer, setup_runtime
+from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.roles import demo_generations, frozen, prompt_ids, sampling_params
 from srppo.rollout.engine import make_engine
 from srppo.runner import Timer, load, log, progress
@@ -24,6 +24,8 @@ def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, p
     sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)
     demos = read_jsonl(calib_path)
     prompts = read_jsonl(prompts_path)[: cfg.n_prompts]
+    for recs, src in ((demos, calib_path), (prompts, prompts_path)):  # both get sampled: fail before that
+        prompt_ids(tok, recs, src, rcfg.max_new_tokens, context_length(sft_dir))
     sampling = sampling_params(rcfg)
     score = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.batch_size)
     with timer.phase("score demonstrations"):

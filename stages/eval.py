@@ -10,8 +10,8 @@ from srppo import plots
 from srppo.data.records import read_jsonl, write_jsonl
 from srppo.evaluate import HEADLINE, generate_responses, markdown_table, score_items, summarise
 from srppo.io import write_json, write_text_atomic
-from srppo.models import load_tokenizer, setup_runtime
-from srppo.roles import frozen
+from srppo.models import context_length, load_tokenizer, setup_runtime
+from srppo.roles import frozen, prompt_ids
 from srppo.rollout.engine import make_engine
 from srppo.runner import Timer, load, log, progress
 
@@ -23,6 +23,8 @@ def main(base_dir, sft_dir, ppo_dir, eval_path, out_dir, metrics_path) -> None:
     timer = Timer("eval")
     paths = {"pretrained": base_dir, "sft": sft_dir, "srppo": ppo_dir}
     items = read_jsonl(eval_path)
+    first = paths[cfg.models[0]]  # all roles share the tokenizer and context
+    prompt_ids(load_tokenizer(first), items, eval_path, cfg.max_new_tokens, context_length(first))
     out = Path(out_dir)
     results, rows_all = {}, []
     for name in cfg.models:

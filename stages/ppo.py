@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 from srppo import plots
+from srppo.checkpoint import stage_checkpointer
 from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, read_json, write_csv, write_json
-from srppo.models import load_causal_lm, load_tokenizer, load_value_model, save_pretrained, setup_runtime
+from srppo.models import (context_length, load_causal_lm, load_tokenizer, load_value_model, save_pretrained,
+                          setup_runtime)
 from srppo.ppo.trainer import PPOTrainer, Roles, length_guard_tripped, prompt_stream
 from srppo.rewards import RewardNormalizer
 from srppo.roles import frozen, prompt_ids, sampling_params
@@ -21,12 +23,40 @@ CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_lo
           "clip_frac", "entropy", "approx_kl"]
 
 
+def warm_up(trainer, buffers, history: list[dict], save) -> None:
+    done = sum(h["phase"] == "warmup" for h in history)  # > 0 when resumed
+    for i, scored in enumerate(buffers[done:], start=done):
+        history.append({"step": i + 1, "phase": "warmup", **trainer.warmup_critic(scored)})
+        log("ppo", f"warm-up {i + 1}: value_loss {history[-1]['value_loss']:.4f}")
+        save()
+
+
+def ppo_iterations(trainer, stream, cfg, history: list[dict], save, bar) -> tuple[list[dict], str | None]:
+    ppo_rows = [h for h in history if h["phase"] == "ppo"]  # non-empty when resumed
+    bar.update(len(ppo_rows))
+    for it in range(len(ppo_rows), cfg.iterations):
+        episode, batch = next(stream)
+        row = {"step": len(history) + 1, "phase": "ppo", "episode": episode, **trainer.iteration(batch)}
+        history.append(row)
+        ppo_rows.append(row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward_raw']:.2f}", kl=f"{row['kl']:.3f}", len=f"{row['response_length']:.0f}")
+        if length_guard_tripped(ppo_rows, cfg.length_guard):
+            stopped = f"length guard at iteration {it + 1}: responses grew past {cfg.length_guard}x"
+            log("ppo", f"stopping early: {stopped}")
+            return ppo_rows, stopped
+        save()
+    return ppo_rows, None
+
+
 def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metrics_path, curves_csv) -> None:
     params = load()
     cfg, rcfg = params.ppo, params.rollouts
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("ppo")
     tok = load_tokenizer(sft_dir)
+    prompts = prompt_ids(tok, read_jsonl(prompts_path), prompts_path, rcfg.max_new_tokens,
+                         context_length(sft_dir))  # checked before any model is loaded
     with timer.phase("load actor, critic, p_SFT, p_PT"):
         roles = Roles(actor=load_causal_lm(sft_dir, device, dtype, trainable=True),
                       critic=load_value_model(Path(sft_dir), device, dtype),
@@ -34,26 +64,21 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     engine = make_engine(rcfg.engine, roles.actor, tok, rcfg.batch_size)
     trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
                          RewardNormalizer.from_dict(read_json(norm_path)), dump_dir=Path(out_dir).parent / "debug")
-    history, stopped = [], None
+    ckpt = stage_checkpointer(out_dir, params, ["runtime", "ppo", "rollouts"],
+                              [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir], cfg.checkpoint_every,
+                              lambda msg: log("ppo", msg))
+    modules = {"actor": roles.actor, "critic": roles.critic}
+    optims = {"actor": trainer.actor_opt, "critic": trainer.critic_opt}
+    history = (ckpt.restore(modules, optims) or {"history": []})["history"]
+    n_ppo = sum(h["phase"] == "ppo" for h in history)
+    stream = prompt_stream(prompts, rcfg.buffer_size, params.runtime.seed, n_ppo, prompts_path)  # checks the size now
+    # one counter over warm-up buffers and PPO iterations: the history length is the loop position
+    save = lambda: ckpt.maybe_save(len(history), modules, optims, lambda: {"history": history})
     with timer.phase(f"critic warm-up on {cfg.critic_warmup_buffers} buffers"):
-        for i, scored in enumerate(read_buffers(Path(rollouts_dir), cfg.critic_warmup_buffers, tok.pad_token_id, device)):
-            history.append({"step": i + 1, "phase": "warmup", **trainer.warmup_critic(scored)})
-            log("ppo", f"warm-up {i + 1}: value_loss {history[-1]['value_loss']:.4f}")
-    prompts = prompt_ids(tok, read_jsonl(prompts_path))
-    stream = prompt_stream(prompts, rcfg.buffer_size, params.runtime.seed)
-    ppo_rows = []
+        warm_up(trainer, read_buffers(Path(rollouts_dir), cfg.critic_warmup_buffers, tok.pad_token_id, device),
+                history, save)
     with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
-        for it in range(cfg.iterations):
-            episode, batch = next(stream)
-            row = {"step": len(history) + 1, "phase": "ppo", "episode": episode, **trainer.iteration(batch)}
-            history.append(row)
-            ppo_rows.append(row)
-            bar.update(1)
-            bar.set_postfix(reward=f"{row['reward_raw']:.2f}", kl=f"{row['kl']:.3f}", len=f"{row['response_length']:.0f}")
-            if length_guard_tripped(ppo_rows, cfg.length_guard):
-                stopped = f"length guard at iteration {it + 1}: responses grew past {cfg.length_guard}x"
-                log("ppo", f"stopping early: {stopped}")
-                break
+        ppo_rows, stopped = ppo_iterations(trainer, stream, cfg, history, save, bar)
     with timer.phase("save actor"), atomic_dir(out_dir) as tmp:
         save_pretrained(roles.actor, tok, tmp)
     write_csv(curves_csv, history)
@@ -65,6 +90,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         "kl_last": last["kl"], "response_length_first": first["response_length"],
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows), **timer.report()})
+    ckpt.clear()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 
 from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, write_json
-from srppo.models import load_tokenizer, setup_runtime
+from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.ppo.experience import score
 from srppo.roles import frozen, prompt_ids, sampling_params
 from srppo.rollout.buffer import buffer_path, to_frame
@@ -26,6 +26,7 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
     sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)
     engine = make_engine(cfg.engine, sft, tok, cfg.batch_size)
     records = read_jsonl(prompts_path)
+    prompt_ids(tok, records, prompts_path, cfg.max_new_tokens, context_length(sft_dir))  # fail before sampling
     random.Random(params.runtime.seed).shuffle(records)
     need = cfg.n_buffers * cfg.buffer_size
     records = (records * (need // len(records) + 1))[:need]  # cycle a small prompt set

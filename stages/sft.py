@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from srppo import plots
+from srppo.checkpoint import stage_checkpointer
 from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, write_csv, write_json
-from srppo.models import load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
-from srppo.runner import Timer, load, progress
-from srppo.sft import encode_demos, micro_batches, train_sft
+from srppo.models import context_length, load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
+from srppo.runner import Timer, load, log, progress
+from srppo.sft import check_max_len, encode_demos, micro_batches, train_sft
 
 
 def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_csv: str) -> None:
@@ -19,16 +20,19 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
     cfg = params.sft
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("sft")
+    check_max_len(cfg.max_len, context_length(base_dir), base_dir)
     tok = load_tokenizer(base_dir)
     encoded = encode_demos(tok, read_jsonl(demos_path), cfg.max_len, demos_path)
     model = load_causal_lm(base_dir, device, dtype, trainable=True)
+    ckpt = stage_checkpointer(out_dir, params, ["runtime", "sft"], [base_dir, demos_path], cfg.checkpoint_every,
+                              lambda msg: log("sft", msg))
     n_micro = sum(1 for _ in micro_batches(len(encoded), cfg.batch_size, cfg.epochs, params.runtime.seed))
     with timer.phase(f"train {len(encoded)} demos x {cfg.epochs} epochs"), \
             progress(-(-n_micro // cfg.grad_accum), "sft", "step") as bar:
         def on_step(row):
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
-        history = train_sft(model, tok, encoded, cfg, params.runtime.seed, on_step)
+        history = train_sft(model, tok, encoded, cfg, params.runtime.seed, on_step, ckpt)
     with timer.phase("save"), atomic_dir(out_dir) as tmp:
         save_pretrained(model, tok, tmp)
     write_csv(loss_csv, history)
@@ -38,6 +42,7 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
                               "steps": len(history), "tokens": tokens,
                               "tokens_per_s": round(tokens / timer.phases[next(iter(timer.phases))], 1),
                               **timer.report()})
+    ckpt.clear()
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ def check_unique_ids(records: Sequence[dict], source: Any, rows: Sequence[Locati
 
 def scan_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """``(line number, record)`` for each non-blank line of a JSONL file; DataError on bad bytes or JSON."""
+    if not Path(path).is_file():
+        raise DataError(path, None, None, "does not exist (or is not a file)")
     out = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from srppo.data.chat import Batch
+from srppo.data.records import DataError
 from srppo.io import write_json
 from srppo.logprobs import token_logprobs
 from srppo.ppo.experience import Experience, Scored, build_experience, critic_values, make_experience, score
@@ -124,15 +125,28 @@ def _mean(rows: list[dict]) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
-def prompt_stream(prompts: list[list[int]], batch: int, seed: int):
-    """Endless shuffled passes (episodes) over the prompt set, `batch` prompts at a time."""
+def prompt_stream(prompts: list[list[int]], batch: int, seed: int, start: int = 0, source: str = "PPO prompts"):
+    """Endless shuffled passes (episodes) over the prompt set, `batch` prompts at a time.
+
+    `start` skips that many batches: the shuffles come from `seed` alone, so a resumed run sees
+    exactly the batches an uninterrupted one would.
+    """
+    if len(prompts) < batch:
+        raise DataError(f"{source}: {len(prompts)} prompt(s), fewer than rollouts.buffer_size={batch}; "
+                        f"add prompts or lower rollouts.buffer_size")
+    return _batches(prompts, batch, seed, start)  # a plain function: the check above runs on the call
+
+
+def _batches(prompts: list[list[int]], batch: int, seed: int, start: int):
     rng = random.Random(seed)
-    episode = 0
+    episode, produced = 0, 0
     while True:
         order = list(range(len(prompts)))
         rng.shuffle(order)
-        for start in range(0, len(order) - batch + 1, batch):
-            yield episode, [prompts[i] for i in order[start : start + batch]]
+        for s in range(0, len(order) - batch + 1, batch):
+            if produced >= start:
+                yield episode, [prompts[i] for i in order[s : s + batch]]
+            produced += 1
         episode += 1
 
 

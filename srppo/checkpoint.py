@@ -1,0 +1,140 @@
+"""Resumable training: periodic checkpoints that survive a killed stage.
+
+A checkpoint holds everything a loop needs to continue as if it had never stopped: module weights
+(safetensors), optimizer states, RNG states (python, numpy, torch) and a small loop state (data
+position, history so far). It lives *outside* the stage's DVC outputs, because DVC deletes declared
+outputs before it runs a stage. A checkpoint is only used when its fingerprint (the params sections
+the stage reads + its input files) matches the current run; otherwise it is ignored with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from srppo.io import atomic_dir, read_json, write_json
+
+FULL_HASH_LIMIT = 64 << 20  # files above this are fingerprinted by size + first/last MiB: stays cheap at 7B
+
+
+def _file_digest(path: Path, h) -> None:
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_LIMIT:
+            h.update(f.read())
+            return
+        h.update(f.read(1 << 20))
+        f.seek(size - (1 << 20))
+        h.update(f.read())
+
+
+def fingerprint(sections: dict, inputs: list[str | Path]) -> str:
+    """sha256 over the params sections a stage reads and the contents of its input files/directories."""
+    h = hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode())
+    for root in map(Path, inputs):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            _file_digest(f, h)
+    return h.hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():  # sampling on GPU draws from these
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+def _as_tuples(x):
+    # random.setstate insists on tuples; a round trip may hand back lists
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class Checkpointer:
+    """Save every `every` steps into `directory/latest`, restore on start, delete on success.
+
+    `every = 0` turns checkpointing off (restore then finds nothing either).
+    """
+
+    def __init__(self, directory: str | Path, fp: str, every: int, log: Callable[[str], None] = print):
+        self.dir, self.fp, self.every, self.log = Path(directory), fp, every, log
+        self.latest = self.dir / "latest"
+
+    def restore(self, modules: dict[str, torch.nn.Module], optimizers: dict) -> dict | None:
+        """Load weights, optimizer and RNG states in place; return the loop state, or None to start fresh."""
+        if not self.every or not (self.latest / "meta.json").exists():
+            return None
+        meta = read_json(self.latest / "meta.json")
+        if meta.get("fingerprint") != self.fp:
+            self.log(f"ignoring checkpoint {self.latest}: it was made with other params or inputs "
+                     f"(fingerprint {meta.get('fingerprint')} != {self.fp})")
+            return None
+        try:
+            # weights_only: a checkpoint is data, never code
+            state = torch.load(self.latest / "state.pt", weights_only=True)
+            for name, module in modules.items():
+                load_model(module, str(self.latest / f"{name}.safetensors"))
+            for name, opt in optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+        except Exception as err:  # weights may be half-loaded by now: starting fresh silently would be wrong
+            raise RuntimeError(f"{self.latest}: unreadable checkpoint ({err}); delete {self.dir} to start "
+                               f"the stage over") from err
+        set_rng_state(state["rng"])
+        self.log(f"resuming from checkpoint {self.latest} at step {meta['step']}")
+        return state["loop"]
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def maybe_save(self, step: int, modules: dict, optimizers: dict, loop: Callable[[], dict]) -> None:
+        if self.due(step):
+            self.save(step, modules, optimizers, loop())
+
+    def save(self, step: int, modules: dict, optimizers: dict, loop: dict) -> None:
+        # atomic: a kill mid-save leaves the previous checkpoint, never a half-written one
+        with atomic_dir(self.latest) as tmp:
+            for name, module in modules.items():
+                save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied weights
+            torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "rng": rng_state(), "loop": loop}, tmp / "state.pt")
+            write_json(tmp / "meta.json", {"fingerprint": self.fp, "step": step})
+        self.log(f"checkpoint at step {step} -> {self.latest}")
+
+    def clear(self) -> None:
+        """The stage finished: its outputs supersede the checkpoint."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stage_checkpointer(out_dir: str | Path, params, sections: list[str], inputs: list, every: int,
+                       log: Callable[[str], None]) -> Checkpointer:
+    """`data/<stage>` -> `data/checkpoints/<stage>`: next to the outputs, but not one of them.
+
+    `checkpoint_every` is left out of the fingerprint: it changes when checkpoints are made, not what.
+    """
+    dump = params.model_dump(mode="json")
+    chosen = {}
+    for s in sections:
+        section, _, key = s.partition(".")
+        chosen[s] = dump[section][key] if key else dump[section]
+        if isinstance(chosen[s], dict):
+            chosen[s] = {k: v for k, v in chosen[s].items() if k != "checkpoint_every"}
+    out = Path(out_dir)
+    return Checkpointer(out.parent / "checkpoints" / out.name, fingerprint(chosen, inputs), every, log)

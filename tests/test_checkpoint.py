@@ -1,0 +1,74 @@
+"""srppo.checkpoint in-process: RNG round trip, fingerprints, and an interrupted SFT loop that resumes exactly."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from srppo.checkpoint import Checkpointer, fingerprint, stage_checkpointer
+from srppo.config import Params, SFTConfig
+from srppo.models import load_causal_lm, load_tokenizer
+from srppo.sft import encode_demos, train_sft
+
+CPU = torch.device("cpu")
+
+
+def draws():
+    return random.random(), float(np.random.rand()), torch.rand(1).item()
+
+
+def test_restore_rewinds_every_rng_and_weights(tmp_path):
+    model, opt = torch.nn.Linear(2, 2), None
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt = Checkpointer(tmp_path, "fp", every=1, log=lambda m: None)
+    ckpt.save(1, {"m": model}, {"o": opt}, {"pos": 7})
+    want = draws()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert ckpt.restore({"m": model}, {"o": opt}) == {"pos": 7}
+    assert draws() == want
+    assert Checkpointer(tmp_path, "other", every=1, log=lambda m: None).restore({"m": model}, {"o": opt}) is None
+    (tmp_path / "latest" / "m.safetensors").write_bytes(b"\0" * 8)  # a damaged disk, not a kill: saves are atomic
+    with pytest.raises(RuntimeError, match=rf"{tmp_path / 'latest'}: unreadable checkpoint .* delete {tmp_path}"):
+        ckpt.restore({"m": model}, {"o": opt})
+
+
+def test_fingerprint_follows_params_and_input_bytes_not_checkpoint_every(tmp_path):
+    f = tmp_path / "demos.jsonl"
+    f.write_text("a")
+    fp = lambda p: stage_checkpointer(tmp_path / "sft", p, ["runtime", "sft"], [f], 1, print).fp
+    base = fp(Params())
+    assert fp(Params(sft={"checkpoint_every": 3})) == base
+    assert fp(Params(sft={"lr": 1e-3})) != base
+    f.write_text("b")
+    assert fp(Params()) != base
+    assert fingerprint({}, [tmp_path]) != fingerprint({}, [])  # directories hash their files
+
+
+class Kill(Exception):
+    pass
+
+
+def test_interrupted_sft_resumes_bitwise(tmp_path, tiny_dir):
+    tok = load_tokenizer(tiny_dir)
+    demos = [{"id": f"d{i}", "messages": [{"role": "user", "content": f"Say {i}."}], "response": f"{i} it is."}
+             for i in range(6)]
+    encoded, cfg = encode_demos(tok, demos, 64), SFTConfig(epochs=2, batch_size=2, lr=1e-3)
+
+    def train(ckpt=None, on_step=None):
+        torch.manual_seed(0)
+        model = load_causal_lm(tiny_dir, CPU, torch.float32, trainable=True)
+        return train_sft(model, tok, encoded, cfg, seed=0, on_step=on_step, ckpt=ckpt), model
+
+    want, model_a = train()
+    ckpt = Checkpointer(tmp_path, "fp", every=2, log=lambda m: None)
+
+    def die_at_3(row):
+        if row["step"] == 3:
+            raise Kill
+    with pytest.raises(Kill):
+        train(ckpt, die_at_3)
+    got, model_b = train(ckpt)  # resumes from step 2
+    assert got == want
+    assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))

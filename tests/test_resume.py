@@ -1,0 +1,158 @@
+"""Killed stages resume from their last checkpoint and end exactly where an uninterrupted run ends.
+
+Each test runs the real stage through `dvc repro` in a temporary git+DVC repository on tiny models:
+an uninterrupted run, then a forced rerun SIGKILLed (the whole process group, as an OOM killer or a
+preempted node would) right after its first checkpoint, then a plain rerun. On CPU with the same seed
+the resumed run is bitwise identical: same weights file, same loss/reward curves (timings aside).
+"""
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from srppo.config import deep_merge, dump_params, validate
+from srppo.data.records import write_jsonl
+from srppo.io import write_json
+from srppo.rewards import RewardNormalizer
+
+pytestmark = pytest.mark.slow  # real stages through DVC: about a minute
+
+SMALL = {
+    "runtime": {"threads": 1, "device": "cpu"},
+    "prepare": {"n_demos": 16, "n_ppo_prompts": 8, "n_calibration": 2, "n_eval_per_family": 1},
+    "sft": {"epochs": 10, "batch_size": 2, "checkpoint_every": 20},
+    "rollouts": {"max_new_tokens": 8, "batch_size": 4, "buffer_size": 4, "n_buffers": 1},
+    "ppo": {"iterations": 8, "critic_warmup_buffers": 1, "mini_batch_size": 2, "checkpoint_every": 3},
+}
+
+
+def run(cmd, cwd) -> str:
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+def make_repo(root: Path, tiny_dir: Path) -> Path:
+    from srppo.data.prepare import prepare
+
+    for item in ("srppo", "stages"):
+        shutil.copytree(ROOT / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    params = validate(deep_merge(SMALL, {"base": {"name_or_path": str(tiny_dir), "gguf_package": None,
+                                                   "gguf_file": None}}))
+    (root / "params.yaml").write_text(dump_params(params))
+    shutil.copytree(tiny_dir, root / "data" / "base")
+    for name, recs in prepare(params.prepare).items():
+        write_jsonl(root / "data" / "prepared" / f"{name}.jsonl", recs)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.autostage", "false"]):
+        run(cmd, root)
+    return root
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def curve(path: Path) -> list[dict]:
+    """The CSV curve without wall-clock columns, which no two runs share."""
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if not k.startswith("time_") and k != "tokens_per_s"}
+                for row in csv.DictReader(f)]
+
+
+def kill_after_first_checkpoint(repo: Path, stage: str) -> str:
+    """Force-rerun `stage` under DVC and SIGKILL its process group once a checkpoint is on disk."""
+    meta = repo / "data" / "checkpoints" / stage / "latest" / "meta.json"
+    proc = subprocess.Popen(["dvc", "repro", "-s", "-f", stage], cwd=repo, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not meta.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"{stage} ended before it could be killed:\n{proc.stdout.read()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return json.loads(meta.read_text())["step"]
+
+
+def assert_crash_left_nothing(repo: Path, stage: str, outs: list[str]) -> None:
+    for out in outs:
+        assert not (repo / out).exists(), f"{out} exists after a crash"
+    status = run(["dvc", "status", stage], repo)
+    assert "up to date" not in status and "deleted" in status, status
+
+
+def resume(repo: Path, stage: str, killed_at: int, every: int) -> None:
+    # --no-run-cache: these exact inputs finished once in this repo, and DVC would restore that result
+    log = run(["dvc", "repro", "-s", "--no-run-cache", stage], repo)
+    assert f"resuming from checkpoint data/checkpoints/{stage}/latest at step {killed_at}" in log, log
+    assert killed_at >= every  # the first checkpoint survived: at most one interval is redone
+    assert not (repo / "data" / "checkpoints" / stage).exists()
+    assert "up to date" in run(["dvc", "status", stage], repo)
+
+
+@pytest.fixture()
+def repo(tmp_path, tiny_dir):
+    return make_repo(tmp_path, tiny_dir)
+
+
+def test_sft_killed_resumes_to_identical_result(repo):
+    run(["dvc", "repro", "-s", "sft"], repo)
+    want = (sha(repo / "data/sft/model.safetensors"), curve(repo / "plots/sft_loss.csv"))
+    want_metrics = json.loads((repo / "metrics/sft.json").read_text())
+
+    killed_at = kill_after_first_checkpoint(repo, "sft")
+    assert_crash_left_nothing(repo, "sft", ["data/sft", "metrics/sft.json"])
+    resume(repo, "sft", killed_at, SMALL["sft"]["checkpoint_every"])
+
+    assert (sha(repo / "data/sft/model.safetensors"), curve(repo / "plots/sft_loss.csv")) == want
+    got = json.loads((repo / "metrics/sft.json").read_text())
+    assert {k: got[k] for k in ("final_loss", "first_loss", "steps", "tokens")} == \
+        {k: want_metrics[k] for k in ("final_loss", "first_loss", "steps", "tokens")}
+
+
+def write_ppo_inputs(repo: Path, sft_dir: Path) -> None:
+    """p_SFT, a neutral reward normaliser and one rollout buffer: what the upstream stages would write."""
+    shutil.copytree(sft_dir, repo / "data" / "sft")
+    write_json(repo / "data/calibrate/reward_norm.json", RewardNormalizer().to_dict())
+    run(["python", "stages/rollouts.py", "data/base", "data/sft", "data/prepared/ppo_prompts.jsonl",
+         "data/rollouts", "metrics/rollouts.json"], repo)
+
+
+PPO_METRICS = ("iterations", "stopped_early", "reward_raw_first", "reward_raw_last", "kl_last",
+               "response_length_last", "eos_rate_last")
+
+
+def test_ppo_killed_resumes_to_identical_result(repo, tiny_sft_dir):
+    write_ppo_inputs(repo, tiny_sft_dir)
+    run(["dvc", "repro", "-s", "ppo"], repo)
+    want = (sha(repo / "data/ppo/model.safetensors"), curve(repo / "plots/ppo_curves.csv"))
+    want_metrics = json.loads((repo / "metrics/ppo.json").read_text())
+
+    killed_at = kill_after_first_checkpoint(repo, "ppo")
+    assert_crash_left_nothing(repo, "ppo", ["data/ppo", "metrics/ppo.json"])
+    resume(repo, "ppo", killed_at, SMALL["ppo"]["checkpoint_every"])
+
+    assert (sha(repo / "data/ppo/model.safetensors"), curve(repo / "plots/ppo_curves.csv")) == want
+    got = json.loads((repo / "metrics/ppo.json").read_text())
+    assert {k: got[k] for k in PPO_METRICS} == {k: want_metrics[k] for k in PPO_METRICS}
+
+
+def test_checkpoint_of_other_params_is_ignored(repo):
+    kill_after_first_checkpoint(repo, "sft")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sft"]["lr"] = 1e-4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = run(["python", "stages/sft.py", "data/base", "data/prepared/demos.jsonl", "data/sft",
+               "metrics/sft.json", "plots/sft_loss.csv"], repo)
+    assert "ignoring checkpoint data/checkpoints/sft/latest: it was made with other params or inputs" in log
+    assert "resuming" not in log
