@@ -1,35 +1,197 @@
-"""Prefect flow: run each DVC stage as its own task, in graph order.
+"""Prefect flow: every DVC stage as a job, in graph order; DVC's cache decides what executes.
 
-DVC stays the source of truth for the graph and the cache: each task calls `dvc repro --single-item
-STAGE`, so an unchanged stage is skipped by DVC in seconds. Prefect runs, retries and records.
+A stage job needs nothing but a clone of the repository and the DVC remote: it pulls exactly the
+stage's inputs, lets `dvc repro --single-item` run the stage or skip it, and pushes the outputs.
+After each stage the content hashes of `dvc.lock`, the params that produced them and the git commit
+go to `lineage.json` and to Prefect artifacts; at the end the run's params are saved as a DVC
+experiment so the result can be reproduced (`dvc exp apply NAME && dvc pull && dvc repro`).
 
     pip install -e ".[orchestration]"
-    python -m flows.pipeline            # runs against Prefect's ephemeral API
+    python -m flows.pipeline --preset smoke                # Prefect's ephemeral API, no server needed
+    python -m flows.pipeline --set ppo.kl_coef=0.5         # override keys of the current params.yaml
+    python -m flows.pipeline --stages calibrate rollouts ppo eval --upstream other-clone/lineage.json
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import argparse
+import json
+import time
+from pathlib import Path
 
-from prefect import flow, task
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
 
-STAGES = ["base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"]
+from flows import dvcops, lineage
+from flows.dvcgraph import Stage, load_graph, merge_lock, pullable_inputs, read_lock
+from flows.params import Overrides, as_dict, resolve
+from flows.params import write as write_params
+
+GPU_LIMIT = "gpu"  # global concurrency limit every stage run holds one slot of
+# Only I/O retries: remotes flake, while a failing stage fails the same way twice. DVC is the cache,
+# so Prefect's own task caching (and the hashing of task inputs it costs) is off.
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [10, 30, 90], "cache_policy": NO_CACHE}
 
 
-@task(tags=["gpu"], task_run_name="stage-{stage}")
-def run_stage(stage: str) -> str:
-    res = subprocess.run(["dvc", "repro", "--single-item", stage], capture_output=True, text=True)
-    print(res.stdout[-4000:])
-    if res.returncode != 0:
-        raise RuntimeError(f"stage {stage} failed:\n{res.stderr[-4000:]}")
-    return "ran" if f"Running stage '{stage}'" in res.stdout else "cached"
+@task(task_run_name="pull-{stage}", **IO_RETRIES)
+def pull_inputs(repo: Path, stage: str, paths: list[str], remote: str | None) -> None:
+    dvcops.pull(repo, paths, remote, get_run_logger().info)
+
+
+@task(task_run_name="stage-{stage}", tags=[GPU_LIMIT], cache_policy=NO_CACHE)
+def run_stage(repo: Path, stage: str) -> str:
+    """'ran', 'restored' or 'skipped'. Holds a `gpu` slot only while DVC decides and the stage computes."""
+    log = get_run_logger()
+    asked = time.perf_counter()
+    # A training stage outlives a lease renewal hiccup; losing the slot record must not kill it.
+    with concurrency(GPU_LIMIT, occupy=1, raise_on_lease_renewal_failure=False):
+        start = time.perf_counter()
+        status = dvcops.repro(repo, stage, log.info)
+    log.info(f"stage {stage}: {status} in {time.perf_counter() - start:.1f}s "
+             f"(waited {start - asked:.1f}s for a gpu slot)")
+    return status
+
+
+@task(task_run_name="push-{stage}", **IO_RETRIES)
+def push_outputs(repo: Path, stage: str, remote: str | None) -> None:
+    dvcops.push(repo, stage, remote, get_run_logger().info)
+
+
+def publish_lineage(repo: Path, graph: dict[str, Stage], statuses: dict[str, str], run: dict) -> dict:
+    """lineage.json and the artifacts, from the flow itself: a few file reads, not worth a task run."""
+    record = lineage.build(repo, graph, statuses, run)
+    record["dvc_lock"] = read_lock(repo)  # what another clone adopts to continue from here (--upstream)
+    lineage.write(repo, record)
+    lineage.publish(record)
+    return record
+
+
+def ensure_gpu_limit(slots: int = 1) -> None:
+    """Create the `gpu` global concurrency limit if the server lacks it (an existing one is left as set)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+            except ObjectAlreadyExists:
+                pass  # another run created it first
+
+
+def select(graph: dict[str, Stage], stages: list[str] | None) -> list[str]:
+    unknown = sorted(set(stages or []) - set(graph))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; dvc.yaml has {list(graph)}")
+    return [s for s in graph if not stages or s in stages]
+
+
+def _outputs_present(repo: Path, stage: Stage) -> bool:
+    return all((repo / p).exists() for p in stage.outs if p not in stage.uncached)
+
+
+def _recorded(graph: dict[str, Stage]) -> list[str]:
+    """What the experiment commit holds besides tracked files: params, lock, lineage, git-kept outputs."""
+    kept = [p for stage in graph.values() for p in sorted(stage.uncached)]
+    ignores = sorted({str(Path(p).parent / ".gitignore") for stage in graph.values() for p in stage.outs})
+    return ["params.yaml", "dvc.lock", lineage.FILE, *kept, *ignores]
 
 
 @flow(name="srppo-pipeline", log_prints=True)
-def pipeline(stages: list[str] = STAGES) -> dict[str, str]:
-    return {stage: run_stage(stage) for stage in stages}
+def pipeline(
+    preset: str | None = None,
+    overrides: Overrides | None = None,
+    stages: list[str] | None = None,
+    upstream: dict[str, dict] | None = None,
+    remote: str | None = None,
+    record: bool = True,
+    repo: str = ".",
+) -> dict:
+    """Run the srppo stages in graph order, each as pull → stage → push, publishing lineage after each.
+
+    Args:
+        preset: 'default', a preset from configs/ ('smoke', 'paper-mistral7b') or a YAML path; empty keeps params.yaml.
+        overrides: params keys laid over the preset, e.g. {"ppo": {"kl_coef": 0.5}}; validated by srppo.config.
+        stages: run only these (in graph order); empty runs all.
+        upstream: dvc.lock entries produced on another clone (its lineage.json "dvc_lock") to continue from.
+        remote: DVC remote name; empty uses the repository's default remote (none: no pull/push).
+        record: save the run's params, dvc.lock and lineage as a DVC experiment named after the flow run.
+        repo: the clone to work in.
+    """
+    root = Path(repo).resolve()
+    graph = load_graph(root)
+    chosen = select(graph, stages)
+    run = _prepare(root, graph, preset, as_dict(overrides), upstream)
+    use_remote = dvcops.has_remote(root, remote)
+    if not use_remote:
+        print("no DVC remote configured: outputs stay in this clone's cache (see docs/orchestration.md)")
+    statuses: dict[str, str] = {}
+    result: dict = {}
+    for name in chosen:
+        inputs = pullable_inputs(graph, name)
+        if use_remote and inputs:
+            pull_inputs(root, name, inputs, remote)
+        statuses[name] = run_stage(root, name)
+        if use_remote and _outputs_present(root, graph[name]):
+            push_outputs(root, name, remote)
+        result = publish_lineage(root, graph, statuses, run)
+    if record and run["git_commit"]:
+        run["experiment"] = f"srppo-{run['flow_run']}"
+        run["experiment_rev"] = dvcops.save_experiment(root, run["experiment"], _recorded(graph), print)
+        result = publish_lineage(root, graph, statuses, run)
+    elif record:
+        print("no git commit to build on: the run's params are in lineage.json only, not in a DVC experiment")
+    print(f"stages: {json.dumps(statuses)}")
+    return result
+
+
+def _prepare(root: Path, graph: dict[str, Stage], preset: str | None, over: dict, upstream: dict | None) -> dict:
+    """Everything before the first stage: params, adopted lock entries, the gpu limit; returns the run record."""
+    params = resolve(root, preset, over)  # a bad key fails here, naming it, before any stage runs
+    if write_params(root, params, preset, over):
+        print(f"params.yaml written from preset={preset or 'params.yaml'} with overrides {json.dumps(over)}")
+    if upstream:  # results computed elsewhere: DVC skips the stages they cover, pulling only inputs
+        merge_lock(root, {name: entry for name, entry in upstream.items() if name in graph})
+    ensure_gpu_limit()
+    commit, dirty = dvcops.git_commit(root)
+    return {"flow_run": flow_run.name, "flow_run_id": flow_run.id, "git_commit": commit, "git_dirty": dirty,
+            "preset": preset, "overrides": over, "experiment": None}
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """`--set a.b=VALUE` pairs as a nested dict; VALUE is YAML (0.5, true, null, [x, y])."""
+    out: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description="Run the srppo DVC stages as Prefect tasks.")
+    ap.add_argument("--preset", help="default | smoke | paper-mistral7b | path.yaml (omit: keep params.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params key, e.g. ppo.kl_coef=0.5 (repeatable; VALUE is YAML)")
+    ap.add_argument("--stages", nargs="+", help="run only these stages (in graph order)")
+    ap.add_argument("--upstream", type=Path, help="another clone's lineage.json to continue from")
+    ap.add_argument("--remote", help="DVC remote name (default: the repository's default remote)")
+    ap.add_argument("--no-record", dest="record", action="store_false", help="do not save a DVC experiment")
+    ap.add_argument("--repo", default=".")
+    a = ap.parse_args(argv)
+    upstream = json.loads(a.upstream.read_text())["dvc_lock"] if a.upstream else None
+    pipeline(preset=a.preset, overrides=_overrides(a.overrides), stages=a.stages, upstream=upstream,
+             remote=a.remote, record=a.record, repo=a.repo)
 
 
 if __name__ == "__main__":
-    print(pipeline(sys.argv[1:] or STAGES))
+    main()

@@ -1,0 +1,128 @@
+"""DVC and git commands as a stage job issues them, on one clone of the repository.
+
+Each call is a `dvc` subprocess, exactly what a person would type, run with the same interpreter as
+the flow so that `python` in a stage command resolves to the environment that has `srppo`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+Log = Callable[[str], None]
+
+
+class CommandError(RuntimeError):
+    pass
+
+
+def _env(repo: Path) -> dict[str, str]:
+    # Stage commands import `srppo` from the clone they run in: the code DVC hashed is the code that
+    # runs, even in an image whose installed copy is older than the clone.
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(repo), env.get("PYTHONPATH", "")] if p)
+    return env
+
+
+def sh(args: list[str], repo: Path, log: Log | None = None) -> str:
+    """Run a command in `repo`, streaming its output to `log` line by line (stages run for minutes)."""
+    proc = subprocess.Popen(args, cwd=repo, env=_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if log and line.strip():
+            log(line.rstrip())
+    if proc.wait() != 0:
+        tail = "".join(lines[-40:])
+        raise CommandError(f"`{' '.join(args)}` failed in {repo} (exit {proc.returncode}):\n{tail}")
+    return "".join(lines)
+
+
+def dvc(args: list[str], repo: Path, log: Log | None = None) -> str:
+    return sh([sys.executable, "-m", "dvc", *args], repo, log)
+
+
+def _open(repo: Path):
+    # In-process DVC for data transfers: a `dvc` subprocess spends about a second importing itself,
+    # which is most of a cached stage's cost; `repro` stays a subprocess for its streamed output.
+    from dvc.repo import Repo
+
+    return Repo(str(repo))
+
+
+def has_remote(repo: Path, remote: str | None) -> bool:
+    """True when `remote` is given or the repo names a default one (else data stays on this machine)."""
+    with _open(repo) as r:
+        return bool(remote or r.config["core"].get("remote"))
+
+
+def pull(repo: Path, paths: list[str], remote: str | None, log: Log | None = None) -> None:
+    """Fetch and check out exactly `paths`; what the local cache already holds costs no transfer."""
+    if not paths:
+        return
+    with _open(repo) as r:
+        stats = r.pull(targets=[str(repo / p) for p in paths], remote=remote)["stats"]
+    if log:
+        log(f"pulled {', '.join(paths)}: {stats.get('fetched', 0)} files fetched from the remote")
+
+
+def repro(repo: Path, stage: str, log: Log | None = None) -> str:
+    """Run one stage if DVC says it changed: 'ran', 'restored' (from DVC's run cache) or 'skipped'.
+
+    --allow-missing: an unchanged stage whose outputs live only on the remote (a fresh clone) is
+    skipped, not recomputed; its inputs were pulled first, so a changed input is still seen.
+    """
+    out = dvc(["repro", "--single-item", "--allow-missing", stage], repo, log)
+    if re.search(rf"Running stage '{re.escape(stage)}'", out):
+        return "ran"
+    # DVC's run cache: these deps and params were seen before, their outputs are checked out instead.
+    return "restored" if "is cached - skipping run" in out else "skipped"
+
+
+def push(repo: Path, stage: str, remote: str | None, log: Log | None = None) -> None:
+    with _open(repo) as r:
+        count = r.push(targets=[f"{repo / 'dvc.yaml'}:{stage}"], remote=remote)
+    if log:
+        log(f"pushed outputs of {stage}: {count} files transferred")
+
+
+def git_commit(repo: Path) -> tuple[str | None, bool]:
+    """(HEAD commit, whether tracked files differ from it); (None, True) outside git or before a commit."""
+    try:
+        head = sh(["git", "rev-parse", "HEAD"], repo).strip()
+    except CommandError:
+        return None, True
+    dirty = bool(sh(["git", "status", "--porcelain", "--untracked-files=no"], repo).strip())
+    return head, dirty
+
+
+def save_experiment(repo: Path, name: str, include: list[str], log: Log | None = None) -> str:
+    """Record params.yaml, dvc.lock and metrics as a DVC experiment (a git ref; HEAD does not move)."""
+    untracked = [p for p in include if (repo / p).exists() and not _tracked(repo, p) and not _ignored(repo, p)]
+    args = ["exp", "save", "--force", "--name", name, "-m", f"srppo flow run {name}"]
+    dvc([*args, *(a for p in untracked for a in ("-I", p))], repo, log)
+    return _exp_rev(repo, name)
+
+
+def _tracked(repo: Path, path: str) -> bool:
+    return bool(sh(["git", "ls-files", "--", path], repo).strip())
+
+
+def _ignored(repo: Path, path: str) -> bool:
+    # git refuses to commit ignored paths; the repository chose to keep them out of history.
+    return subprocess.run(["git", "check-ignore", "-q", path], cwd=repo, check=False).returncode == 0
+
+
+def _exp_rev(repo: Path, name: str) -> str:
+    # Experiment refs live under refs/exps/<baseline prefix>/<name>; find ours by its name.
+    refs = sh(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/"], repo).splitlines()
+    revs = [line.split()[0] for line in refs if line.endswith(f"/{name}")]
+    if not revs:
+        raise CommandError(f"dvc exp save did not create experiment {name!r}")
+    return revs[0]

@@ -1,0 +1,158 @@
+"""Shared by the orchestration tests: a project repository on the tiny model, and real local servers.
+
+Every server here listens on 127.0.0.1 only, is started by the test that needs it and is stopped
+when it ends; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))  # `flows` is a top-level package of the checkout, not installed
+
+from srppo.config import apply_preset, deep_merge, dump_params, validate
+
+PROJECT = ("srppo", "stages", "configs", "flows", "dvc.yaml")
+STAGES = ["base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"]
+
+
+def tiny_overrides(tiny_dir: Path) -> dict:
+    """The smoke preset's `base` pointed at the tiny local Llama (same code path as a hub id)."""
+    return {"base": {"name_or_path": str(tiny_dir), "gguf_package": None, "gguf_file": None}}
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> str:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert res.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    return res.stdout + res.stderr
+
+
+def make_repo(path: Path, tiny_dir: Path) -> Path:
+    """A git + DVC repository holding the project, params = smoke preset on the tiny model, committed."""
+    path.mkdir(parents=True)
+    for item in PROJECT:
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, path / item)
+    smoke = apply_preset(ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
+    (path / "params.yaml").write_text(dump_params(validate(deep_merge(smoke, tiny_overrides(tiny_dir)))))
+    (path / ".gitignore").write_text("__pycache__/\n")
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
+                ["dvc", "config", "core.autostage", "false"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "project"]):
+        run(cmd, path)
+    return path
+
+
+def clone(origin: Path, path: Path) -> Path:
+    run(["git", "clone", "-q", str(origin), str(path)], origin.parent)
+    run(["git", "config", "user.email", "ci@example.com"], path)
+    run(["git", "config", "user.name", "ci"], path)
+    return path
+
+
+def prefect_env(home: Path, api_url: str | None = None, **extra: str) -> dict:
+    """Environment for a Prefect process: its own PREFECT_HOME, no analytics, ephemeral API unless `api_url`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", NO_PROXY="127.0.0.1,localhost",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]), **extra)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise TimeoutError(f"gave up after {timeout:.0f}s waiting for {what}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status < 500
+    except OSError:
+        return False
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> None:
+    wait_until(lambda: proc.poll() is not None or _answers(url), timeout, f"{proc.args[0]} at {url}")
+    assert proc.poll() is None, f"{' '.join(map(str, proc.args))} exited:\n{log.read_text()[-3000:]}"
+
+
+@contextmanager
+def background(cmd: list[str], env: dict, cwd: Path, log: Path, ready_url: str | None = None):
+    """A process for the duration of the block (its own process group, stopped on exit)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        if ready_url:
+            wait_ready(proc, ready_url, log)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def prefect_server(home: Path, log: Path):
+    """A real Prefect server (API + UI) on 127.0.0.1; yields its API URL and a wait for its health check.
+
+    Starting takes seconds (database migrations): the caller waits only when it needs the API.
+    """
+    port = free_port()
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with background(cmd, prefect_env(home), home.parent, log) as proc:
+        yield f"http://127.0.0.1:{port}/api", lambda: wait_ready(proc, f"http://127.0.0.1:{port}/api/health", log)
+
+
+@contextmanager
+def moto_s3(log: Path):
+    """A real S3-compatible server (moto) on 127.0.0.1; yields its endpoint URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with background(cmd, dict(os.environ), log.parent, log, f"http://127.0.0.1:{port}/moto-api/"):
+        yield f"http://127.0.0.1:{port}"
+
+
+def lineage(repo: Path) -> dict:
+    return json.loads((repo / "lineage.json").read_text())
+
+
+def statuses(record: dict) -> dict[str, str]:
+    return {name: s["status"] for name, s in record["stages"].items()}
+
+
+def lock(repo: Path) -> dict:
+    # dvc.lock as DVC wrote it; PyYAML is enough to compare hashes.
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
