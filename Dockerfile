@@ -13,10 +13,13 @@ WORKDIR /opt/srppo
 COPY pyproject.toml README.md ./
 COPY srppo ./srppo
 # On Linux x86_64 the registry's torch==2.13.0 wheel is the CUDA build: the same pin serves CPU and GPU.
-RUN python3 -m pip install ".[test]"
+RUN python3 -m pip install ".[test,orchestration]"
 COPY stages ./stages
 COPY flows ./flows
 COPY configs ./configs
+# Prefect workers clone the repository into /work; `dvc exp save` needs a git identity.
+RUN mkdir -p /work && chown srppo:srppo /work \
+    && git config --system user.name "srppo worker" && git config --system user.email srppo-worker@localhost
 USER srppo
 WORKDIR /work
 CMD ["dvc", "repro"]
