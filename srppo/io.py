@@ -1,4 +1,9 @@
-"""Small file helpers: atomic writes so a crash never leaves a half-written artifact."""
+"""Small file helpers: atomic writes so a crash never leaves a half-written artifact.
+
+Every writer goes through a temporary sibling renamed into place, so the target holds either its previous
+content or the complete new one. A write that fails (disk full, quota, permissions) raises an `OSError`
+naming the *target*, not the temporary file, with the errno kept, and leaves no temporary behind.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,63 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: done once, at import, before any thread could create files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; outputs get the mode `open(path, "w")` would have given them.
+FILE_MODE = 0o666 & ~_read_umask()
+
+
+def _write_failed(path: Path, err: OSError) -> OSError:
+    """The error a failed output write raises: the target named, the errno and its reason kept.
+
+    A file written inside an `atomic_dir` fails once: the directory is the output named, with the root
+    reason (not the message of the inner temporary file's error).
+    """
+    reason = getattr(err, "reason", None) or err.strerror or str(err)
+    out = OSError(err.errno, f"writing {path} failed: {reason}; the previous {path.name} (if any) is untouched")
+    out.reason = reason
+    return out
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[TextIO]:
+    """Yield a text file that replaces `path` only if the block completes and the data reached the disk.
+
+    The fsync matters for errors too: with delayed allocation (ext4, XFS) a full disk is often
+    reported only when the data is flushed, after every `write` succeeded.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_failed(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -44,8 +91,7 @@ def atomic_dir(path: str | Path):
         yield tmp
     except OSError as err:  # disk full, quota, permissions: say which output could not be written
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(err.errno, f"writing {path} failed: {err.strerror or err}; "
-                                 f"the previous {path.name} (if any) is untouched") from err
+        raise _write_failed(path, err) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

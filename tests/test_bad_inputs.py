@@ -3,7 +3,10 @@
 
 import errno
 import math
+import os
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +14,8 @@ import torch
 
 from srppo.config import PPOConfig
 from srppo.data.chat import encode_prompt
-from srppo.data.records import DataError, read_jsonl
-from srppo.io import atomic_dir
+from srppo.data.records import DataError, read_jsonl, write_jsonl
+from srppo.io import atomic_dir, write_csv, write_json
 from srppo.models import (ModelError, check_tokenizer, context_length, load_causal_lm, load_tokenizer,
                           load_value_model)
 from srppo.ppo.experience import score
@@ -117,6 +120,73 @@ def test_disk_full_while_saving_keeps_the_previous_output(tmp_path):
     assert f"writing {out} failed: No space left on device" in str(err.value)
     assert (out / "model.safetensors").read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["sft"]  # no temp directory left behind
+
+
+def full_disk(fd):
+    """`os.fsync` on a full disk: ext4/XFS allocate lazily, so that is often where ENOSPC shows."""
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+FILE_WRITERS = {
+    "write_json": lambda path: write_json(path, {"new": 1}),
+    "write_jsonl": lambda path: write_jsonl(path, [{"id": "r1"}, {"id": "r2"}]),
+    "write_csv": lambda path: write_csv(path, [{"step": 1, "loss": 0.5}]),
+}
+
+
+@pytest.mark.parametrize("writer", list(FILE_WRITERS))
+def test_disk_full_while_writing_a_file_names_the_target(tmp_path, monkeypatch, writer):
+    target = tmp_path / "metrics.json"
+    target.write_text("previous\n")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError) as err:
+        FILE_WRITERS[writer](target)
+    assert err.value.errno == errno.ENOSPC
+    assert str(err.value) == (f"[Errno 28] writing {target} failed: No space left on device; "
+                              "the previous metrics.json (if any) is untouched")
+    assert target.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # the temp file is gone
+
+
+@pytest.mark.parametrize("writer", list(FILE_WRITERS))
+def test_written_files_get_the_mode_open_would_give(tmp_path, writer):
+    FILE_WRITERS[writer](tmp_path / "out")  # not mkstemp's 0600: other users of a shared cache can read them
+    (tmp_path / "plain").write_text("")
+    assert (tmp_path / "out").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def test_disk_full_in_a_file_of_an_output_dir_names_the_dir_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError) as err:
+        with atomic_dir(tmp_path / "latest") as tmp:
+            write_json(tmp / "meta.json", {"step": 3})
+    assert str(err.value) == (f"[Errno 28] writing {tmp_path / 'latest'} failed: No space left on device; "
+                              "the previous latest (if any) is untouched")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_real_failed_write_mid_file_names_the_target(tmp_path):
+    # The kernel refuses to grow a file past RLIMIT_FSIZE (EFBIG) the way it refuses a full disk
+    # (ENOSPC): mid-file, after the first blocks were written. A child process takes the limit.
+    target = tmp_path / "demos.jsonl"
+    target.write_text('{"id": "previous"}\n')
+    code = f"""
+import resource, signal
+from srppo.data.records import write_jsonl
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the process dies instead of seeing the error
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+try:
+    write_jsonl({str(target)!r}, ({{"id": f"r{{i}}", "text": "x" * 100}} for i in range(10_000)))
+except OSError as err:
+    print(err.errno, err)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"{errno.EFBIG} "), out
+    assert f"writing {target} failed: File too large; the previous demos.jsonl (if any) is untouched" in out
+    assert ".tmp" not in out
+    assert target.read_text() == '{"id": "previous"}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["demos.jsonl"]
 
 
 def test_atomic_dir_sweeps_temp_dirs_of_killed_writers(tmp_path):

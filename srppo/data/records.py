@@ -15,13 +15,13 @@ e.g. ``data/demos.jsonl row 17: field 'response' is empty``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from srppo.io import atomic_file
 
 ROLES = ("system", "user", "assistant")
 
@@ -183,23 +183,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     """Write records as JSONL atomically (temp file in the same directory + ``os.replace``); return the count.
 
-    A crash or an unserialisable record leaves any previous file untouched and no temp file behind.
+    A crash, a full disk or an unserialisable record leaves any previous file untouched and no temp file
+    behind; a failed write raises ``OSError`` naming ``path`` (see :func:`srppo.io.atomic_file`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            count += 1
     return count
