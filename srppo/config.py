@@ -121,10 +121,26 @@ class CalibrateConfig(Section):
     clip_margin: float = Field(1.0, ge=0, description="Added on both sides of the quantile clip range.")
 
 
+class VLLMOptions(Section):
+    """The vLLM engine (rollouts.engine: vllm), colocated with the trainer in the same process."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description="GPU memory share for vLLM's weights + KV cache; the actor, critic, "
+        "p_SFT and p_PT share the rest of the GPU.")
+    cpu_kv_cache_gb: int = Field(1, ge=1, description="KV cache size on the CPU backend (VLLM_CPU_KVCACHE_SPACE).")
+    enforce_eager: bool = Field(True, description="No CUDA graphs / torch.compile: fast startup, "
+                                "and fp32 SmolLM2 on CPU produced garbage once with compile.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
+    max_model_len: int | None = Field(None, ge=16, description="Context cap for the KV cache; null = the model's.")
+
+
 class RolloutConfig(Section):
     """Sampling: shared by the `rollouts` buffers (critic warm-up) and PPO's own generation."""
 
-    engine: Literal["hf"] = Field("hf", description="Rollout backend ('vllm' on GPU installs).")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Rollout backend: 'hf' (transformers generate on the live model) or 'vllm' "
+        "(needs the vllm extra; weights synced into the engine after each PPO update).")
+    vllm: VLLMOptions = VLLMOptions()
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)

@@ -8,10 +8,12 @@ import torch.nn.functional as F
 from srppo.data.chat import Batch
 
 
-def token_logprobs(model, batch: Batch, with_entropy: bool = False):
+def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature: float = 1.0):
     """log p(x_{t+1} | x_{<=t}) for t >= batch.first_action, zero-filled before it.
 
     Returns logp (B, T-1) and, if asked, the per-token entropy (B, T-1) of the same distributions.
+    `temperature` scales the logits as sampling did: the actor's ratio must use the distribution the
+    responses were drawn from (a silent mismatch otherwise whenever rollouts.temperature != 1).
     The LM head runs only on the suffix that holds responses (`logits_to_keep`): on a 135M model the
     head is ~20 % of the FLOPs and prompts are most of the sequence.
     """
@@ -19,6 +21,8 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False):
     keep = T - batch.first_action  # positions first_action .. T-1 (the last predicts nothing)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep)
     logits = out.logits[:, :-1].float()  # (B, keep-1, V) predicting tokens first_action+1 .. T-1
+    if temperature != 1.0:
+        logits = logits / temperature
     labels = batch.input_ids[:, batch.first_action + 1 :]  # (B, keep-1)
     logp_suffix = -F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, keep-1)
     logp = logits.new_zeros(B, T - 1)

@@ -6,11 +6,17 @@ from srppo.config import RolloutConfig
 from srppo.data.chat import encode_prompt, encode_response
 from srppo.data.records import DataError
 from srppo.models import load_causal_lm
-from srppo.rollout.engine import Generation, SamplingParams
+from srppo.rollout.engine import Generation, SamplingParams, make_engine
 
 
 def frozen(path, device, dtype):
     return load_causal_lm(path, device, dtype, trainable=False).eval()
+
+
+def rollout_engine(cfg: RolloutConfig, model, tok, model_path, seed: int, dtype, batch_size: int | None = None):
+    """The configured engine sampling from `model` (vLLM starts from `model_path`, the same weights)."""
+    return make_engine(cfg.engine, model, tok, batch_size or cfg.batch_size, model_path=str(model_path),
+                       options=cfg.vllm, seed=seed, dtype=dtype)
 
 
 def sampling_params(cfg: RolloutConfig) -> SamplingParams:

@@ -10,9 +10,14 @@ from srppo.calibrate import calibration_report, fit_normalizer, rewards_of
 from srppo.data.records import read_jsonl
 from srppo.io import write_json
 from srppo.models import context_length, load_tokenizer, setup_runtime
-from srppo.roles import demo_generations, frozen, prompt_ids, sampling_params
-from srppo.rollout.engine import make_engine
+from srppo.roles import demo_generations, frozen, prompt_ids, rollout_engine, sampling_params
 from srppo.runner import Timer, load, log, progress
+
+
+def _sample(engine, prompts, sampling, bar):
+    gens = engine.generate(prompts, sampling, progress=bar)
+    engine.close()
+    return gens
 
 
 def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, plot_path) -> None:
@@ -27,16 +32,16 @@ def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, p
     for recs, src in ((demos, calib_path), (prompts, prompts_path)):  # both get sampled: fail before that
         prompt_ids(tok, recs, src, rcfg.max_new_tokens, context_length(sft_dir))
     sampling = sampling_params(rcfg)
+    sample = lambda model, path, recs, bar: _sample(rollout_engine(rcfg, model, tok, path, params.runtime.seed, dtype),
+                                                    prompt_ids(tok, recs), sampling, bar)
     score = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.batch_size)
     with timer.phase("score demonstrations"):
         demo_r, demo_len = score(demo_generations(tok, demos))
     with timer.phase("sample p_PT on the demonstration prompts"), progress(len(demos), "p_PT samples") as bar:
-        pt_gens = make_engine(rcfg.engine, pt, tok, rcfg.batch_size).generate(
-            prompt_ids(tok, demos), sampling, progress=bar)
+        pt_gens = sample(pt, base_dir, demos, bar)
         pt_r, pt_len = score(pt_gens)
     with timer.phase("sample p_SFT on PPO prompts"), progress(len(prompts), "p_SFT samples") as bar:
-        sft_gens = make_engine(rcfg.engine, sft, tok, rcfg.batch_size).generate(
-            prompt_ids(tok, prompts), sampling, progress=bar)
+        sft_gens = sample(sft, sft_dir, prompts, bar)
         sft_r, sft_len = score(sft_gens)
     norm = fit_normalizer(sft_r, cfg.normalize, cfg.clip_quantile, cfg.clip_margin)
     report = calibration_report(demo_r, demo_len, sft_r, sft_len, pt_r, pt_len, norm)

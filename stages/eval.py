@@ -11,8 +11,7 @@ from srppo.data.records import read_jsonl, write_jsonl
 from srppo.evaluate import HEADLINE, generate_responses, markdown_table, score_items, summarise
 from srppo.io import write_json, write_text_atomic
 from srppo.models import context_length, load_tokenizer, setup_runtime
-from srppo.roles import frozen, prompt_ids
-from srppo.rollout.engine import make_engine
+from srppo.roles import frozen, prompt_ids, rollout_engine
 from srppo.runner import Timer, load, log, progress
 
 
@@ -31,8 +30,10 @@ def main(base_dir, sft_dir, ppo_dir, eval_path, out_dir, metrics_path) -> None:
         with timer.phase(f"generate + check: {name}"), progress(len(items), f"eval {name}") as bar:
             tok = load_tokenizer(paths[name])
             model = frozen(paths[name], device, dtype)
-            engine = make_engine(params.rollouts.engine, model, tok, cfg.batch_size)
+            engine = rollout_engine(params.rollouts, model, tok, paths[name], params.runtime.seed, dtype,
+                                    cfg.batch_size)
             rows = score_items(items, generate_responses(engine, tok, items, cfg.max_new_tokens, progress=bar))
+            engine.close()
             del model
         results[name] = summarise(rows)
         rows_all += [{"model": name, **r} for r in rows]

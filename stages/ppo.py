@@ -14,9 +14,8 @@ from srppo.models import (context_length, load_causal_lm, load_tokenizer, load_v
                           setup_runtime)
 from srppo.ppo.trainer import PPOTrainer, Roles, length_guard_tripped, prompt_stream
 from srppo.rewards import RewardNormalizer
-from srppo.roles import frozen, prompt_ids, sampling_params
+from srppo.roles import frozen, prompt_ids, rollout_engine, sampling_params
 from srppo.rollout.buffer import read_buffers
-from srppo.rollout.engine import make_engine
 from srppo.runner import Timer, load, log, progress
 
 CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_loss", "policy_loss",
@@ -49,6 +48,13 @@ def ppo_iterations(trainer, stream, cfg, history: list[dict], save, bar) -> tupl
     return ppo_rows, None
 
 
+def engine_report(engine: str, ppo_rows: list[dict]) -> dict:
+    """Rollout engine health: weight-sync cost and how far its log-probs were from the trainer's."""
+    gaps = [r["engine_logprob_gap_max"] for r in ppo_rows if "engine_logprob_gap_max" in r]
+    return {"engine": engine, "weight_sync_seconds_mean": sum(r["time_weight_sync"] for r in ppo_rows) / len(ppo_rows),
+            "engine_logprob_gap_max": max(gaps) if gaps else None}
+
+
 def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metrics_path, curves_csv) -> None:
     params = load()
     cfg, rcfg = params.ppo, params.rollouts
@@ -61,7 +67,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         roles = Roles(actor=load_causal_lm(sft_dir, device, dtype, trainable=True),
                       critic=load_value_model(Path(sft_dir), device, dtype),
                       sft=frozen(sft_dir, device, dtype), pt=frozen(base_dir, device, dtype))
-    engine = make_engine(rcfg.engine, roles.actor, tok, rcfg.batch_size)
+    engine = rollout_engine(rcfg, roles.actor, tok, sft_dir, params.runtime.seed, dtype)
     trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
                          RewardNormalizer.from_dict(read_json(norm_path)), dump_dir=Path(out_dir).parent / "debug")
     ckpt = stage_checkpointer(out_dir, params, ["runtime", "ppo", "rollouts"],
@@ -69,7 +75,9 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
                               lambda msg: log("ppo", msg))
     modules = {"actor": roles.actor, "critic": roles.critic}
     optims = {"actor": trainer.actor_opt, "critic": trainer.critic_opt}
-    history = (ckpt.restore(modules, optims) or {"history": []})["history"]
+    restored = ckpt.restore(modules, optims)
+    history = (restored or {"history": []})["history"]
+    trainer.actor_changed = restored is not None  # an engine with its own weights must pick up the resumed actor
     n_ppo = sum(h["phase"] == "ppo" for h in history)
     stream = prompt_stream(prompts, rcfg.buffer_size, params.runtime.seed, n_ppo, prompts_path)  # checks the size now
     # one counter over warm-up buffers and PPO iterations: the history length is the loop position
@@ -89,7 +97,9 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         "reward_raw_first": first["reward_raw"], "reward_raw_last": last["reward_raw"],
         "kl_last": last["kl"], "response_length_first": first["response_length"],
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
-        "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows), **timer.report()})
+        "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
+        **engine_report(rcfg.engine, ppo_rows), **timer.report()})
+    engine.close()
     ckpt.clear()
 
 

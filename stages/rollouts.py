@@ -11,9 +11,8 @@ from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, write_json
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.ppo.experience import score
-from srppo.roles import frozen, prompt_ids, sampling_params
+from srppo.roles import frozen, prompt_ids, rollout_engine, sampling_params
 from srppo.rollout.buffer import buffer_path, to_frame
-from srppo.rollout.engine import make_engine
 from srppo.runner import Timer, load, log, progress
 
 
@@ -24,7 +23,7 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
     timer = Timer("rollouts")
     tok = load_tokenizer(sft_dir)
     sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)
-    engine = make_engine(cfg.engine, sft, tok, cfg.batch_size)
+    engine = rollout_engine(cfg, sft, tok, sft_dir, params.runtime.seed, dtype)
     records = read_jsonl(prompts_path)
     prompt_ids(tok, records, prompts_path, cfg.max_new_tokens, context_length(sft_dir))  # fail before sampling
     random.Random(params.runtime.seed).shuffle(records)
@@ -44,7 +43,8 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
                             "eos_rate": float(1 - frame.truncated.mean())})
             log("rollouts", f"buffer {b}: reward {summary[-1]['reward_mean']:.2f}, "
                 f"length {summary[-1]['length_mean']:.1f}")
-    write_json(metrics_path, {"buffers": summary, **timer.report()})
+    engine.close()
+    write_json(metrics_path, {"buffers": summary, "engine": cfg.engine, **timer.report()})
 
 
 if __name__ == "__main__":

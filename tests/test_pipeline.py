@@ -28,20 +28,24 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([\w-]+)'", output))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, tiny_dir):
-    repo = tmp_path_factory.mktemp("pipeline")
+def make_repo(repo, base_dir, override: dict | None = None):
+    """A fresh git+DVC repo holding the pipeline, with the smoke preset on `base_dir` as p_PT."""
     for item in ("srppo", "stages", "configs", "dvc.yaml"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / item)
-    override = {"base": {"name_or_path": str(tiny_dir), "gguf_package": None, "gguf_file": None}}
+    base = {"base": {"name_or_path": str(base_dir), "gguf_package": None, "gguf_file": None}}
     preset = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
-    params = apply_preset_dict(deep_merge(preset, override))
+    params = apply_preset_dict(deep_merge(deep_merge(preset, base), override or {}))
     (repo / "params.yaml").write_text(dump_params(params))
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.autostage", "false"], repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_dir):
+    return make_repo(tmp_path_factory.mktemp("pipeline"), tiny_dir)
 
 
 def apply_preset_dict(raw: dict):

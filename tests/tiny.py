@@ -42,16 +42,21 @@ def build_tokenizer(out: Path, chat_template: str | None = CHATML):
     return fast
 
 
-def build_tiny_lm(out: Path, seed: int = 0, chat_template: str | None = CHATML) -> Path:
-    """A 2-layer Llama (~0.2M parameters) with a locally trained tokenizer, saved as safetensors."""
+def build_tiny_lm(out: Path, seed: int = 0, chat_template: str | None = CHATML, hidden_size: int = 32,
+                  heads: int = 4) -> Path:
+    """A 2-layer Llama (~0.2M parameters) with a locally trained tokenizer, saved as safetensors.
+
+    vLLM's CPU attention kernels need a real head size (64+): pass hidden_size=128, heads=2.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(out)
     tok = build_tokenizer(out, chat_template)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                      num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=max(heads // 2, 1),
+                      max_position_embeddings=256,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                       tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg)

@@ -91,8 +91,26 @@ def build_experience(scored: Scored, logp_old: torch.Tensor, values: torch.Tenso
                       scored.reward_raw, rewards, advantages, returns, info)
 
 
+def engine_logprob_gap(gens: list[Generation], logp_old: torch.Tensor, batch: Batch) -> dict:
+    """How far the rollout engine's log-probs of the sampled tokens are from the trainer's.
+
+    Non-zero gaps beyond float noise mean the engine samples from another distribution than the
+    one PPO assumes (stale weights after a missed sync, temperature applied on one side only).
+    """
+    if any(g.logprobs is None for g in gens):
+        return {}
+    engine = torch.zeros_like(logp_old)
+    for i, g in enumerate(gens):
+        start = len(g.prompt_ids) - 1  # position whose logits predict the first response token
+        engine[i, start : start + len(g.logprobs)] = torch.tensor(g.logprobs, dtype=engine.dtype)
+    gap = (engine - logp_old).abs() * batch.action_mask
+    return {"engine_logprob_gap_max": gap.max().item(),
+            "engine_logprob_gap_mean": (gap.sum() / batch.action_mask.sum().clamp(min=1)).item()}
+
+
 @torch.no_grad()
-def make_experience(actor, critic, scored: Scored, normalizer: RewardNormalizer, cfg) -> Experience:
-    logp_old = token_logprobs(actor, scored.batch)
+def make_experience(actor, critic, scored: Scored, normalizer: RewardNormalizer, cfg,
+                    temperature: float = 1.0) -> Experience:
+    logp_old = token_logprobs(actor, scored.batch, temperature=temperature)
     values = critic_values(critic, scored.batch)
     return build_experience(scored, logp_old, values, normalizer, cfg)

@@ -20,7 +20,8 @@ from srppo.data.chat import Batch
 from srppo.data.records import DataError
 from srppo.io import write_json
 from srppo.logprobs import token_logprobs
-from srppo.ppo.experience import Experience, Scored, build_experience, critic_values, make_experience, score
+from srppo.ppo.experience import (Experience, Scored, build_experience, critic_values, engine_logprob_gap,
+                                  make_experience, score)
 from srppo.ppo.losses import masked_mean, policy_loss, value_loss
 from srppo.rewards import RewardNormalizer
 from srppo.rollout.engine import SamplingParams
@@ -62,6 +63,9 @@ class PPOTrainer:
         self.device = next(roles.actor.parameters()).device
         self.actor_opt = torch.optim.AdamW(roles.actor.parameters(), lr=cfg.actor_lr, weight_decay=0.0)
         self.critic_opt = torch.optim.AdamW(roles.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
+        # the engine starts from p_SFT = the initial actor; after an update (or a resume) an engine
+        # holding its own weights must be synced before it samples again
+        self.actor_changed = False
 
     # -- critic warm-up ---------------------------------------------------------------------
     def warmup_critic(self, scored: Scored) -> dict:
@@ -75,10 +79,13 @@ class PPOTrainer:
     # -- one PPO iteration --------------------------------------------------------------------
     def iteration(self, prompts: list[list[int]]) -> dict:
         t0 = time.perf_counter()
+        sync_s = self.engine.sync_weights(self.roles.actor) if self.actor_changed else 0.0
         gens = self.engine.generate(prompts, self.sampling)
         t1 = time.perf_counter()
         scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device)
-        exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg)
+        exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg,
+                              self.sampling.temperature)
+        exp.info.update(engine_logprob_gap(gens, exp.logp_old, exp.batch))
         _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
         t2 = time.perf_counter()
         stats = []
@@ -86,7 +93,8 @@ class PPOTrainer:
             for idx in self._minibatches(exp):
                 stats.append({**self._actor_step(exp, idx), **self._critic_step(exp, idx)})
         t3 = time.perf_counter()
-        timing = {"time_generate": t1 - t0, "time_experience": t2 - t1, "time_train": t3 - t2}
+        timing = {"time_weight_sync": sync_s, "time_generate": t1 - t0 - sync_s, "time_experience": t2 - t1,
+                  "time_train": t3 - t2}
         tokens = exp.batch.attention_mask.sum().item()
         return {**exp.info, **_mean(stats), **timing, "tokens_per_s": tokens / (t3 - t0)}
 
@@ -96,7 +104,7 @@ class PPOTrainer:
 
     def _actor_step(self, exp: Experience, idx) -> dict:
         mb, mask = _rows(exp.batch, idx), exp.mask[idx]
-        logp, entropy = token_logprobs(self.roles.actor, mb, with_entropy=True)
+        logp, entropy = token_logprobs(self.roles.actor, mb, with_entropy=True, temperature=self.sampling.temperature)
         loss, metrics = policy_loss(logp, exp.logp_old[idx], exp.advantages[idx], mask, self.cfg.clip_eps)
         _check_finite("policy loss", loss, exp, self.dump_dir)
         self.actor_opt.zero_grad(set_to_none=True)
@@ -104,6 +112,7 @@ class PPOTrainer:
         metrics["actor_grad_norm"] = torch.nn.utils.clip_grad_norm_(
             self.roles.actor.parameters(), self.cfg.max_grad_norm).item()
         self.actor_opt.step()
+        self.actor_changed = True
         metrics["entropy"] = masked_mean(entropy, mask).item()
         return metrics
 

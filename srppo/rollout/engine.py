@@ -6,6 +6,7 @@ gets prompts as token ids and returns response token ids, cut after EOS, with a 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -17,6 +18,7 @@ class Generation:
     prompt_ids: list[int]
     response_ids: list[int]  # ends with EOS unless truncated
     truncated: bool          # no EOS within max_new_tokens
+    logprobs: list[float] | None = None  # engine's log-prob of each response token, when it reports them
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,16 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams, progress=None) -> list[Generation]:
         """One Generation per prompt, in order; `progress.update(n)` (a tqdm bar) as prompts finish."""
 
+    def sync_weights(self, model) -> float:
+        """Make the engine sample from `model`'s current weights; returns the seconds it took."""
+
+    def close(self) -> None:
+        """Free what the engine holds (an engine that owns a model copy frees it)."""
+
 
 _ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
+# engines whose module imports heavy optional packages register themselves when first asked for
+_LAZY = {"vllm": "srppo.rollout.vllm_engine"}
 
 
 def register_engine(name: str):
@@ -42,10 +52,14 @@ def register_engine(name: str):
     return wrap
 
 
-def make_engine(name: str, model, tok, batch_size: int) -> RolloutEngine:
+def make_engine(name: str, model, tok, batch_size: int, **engine_kwargs) -> RolloutEngine:
+    """`engine_kwargs` (model_path, options, seed, dtype) matter to engines that hold their own copy
+    of the weights (vLLM); the transformers engine samples from `model` itself."""
+    if name not in _ENGINES and name in _LAZY:
+        importlib.import_module(_LAZY[name])
     if name not in _ENGINES:
-        raise KeyError(f"unknown rollout engine '{name}'; available: {sorted(_ENGINES)}")
-    return _ENGINES[name](model=model, tok=tok, batch_size=batch_size)
+        raise KeyError(f"unknown rollout engine '{name}'; available: {sorted(set(_ENGINES) | set(_LAZY))}")
+    return _ENGINES[name](model=model, tok=tok, batch_size=batch_size, **engine_kwargs)
 
 
 def cut_at_eos(tokens: list[int], eos_id: int, max_new_tokens: int) -> tuple[list[int], bool]:
@@ -59,8 +73,14 @@ def cut_at_eos(tokens: list[int], eos_id: int, max_new_tokens: int) -> tuple[lis
 class HFEngine:
     """transformers `generate` with left padding; batches prompts of similar length together."""
 
-    def __init__(self, model, tok, batch_size: int = 16):
+    def __init__(self, model, tok, batch_size: int = 16, **unused):
         self.model, self.tok, self.batch_size = model, tok, batch_size
+
+    def sync_weights(self, model) -> float:
+        return 0.0  # samples from the live model: nothing to copy
+
+    def close(self) -> None:
+        pass
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams, progress=None) -> list[Generation]:
