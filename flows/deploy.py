@@ -21,9 +21,8 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from flows.pipeline import ensure_gpu_limit, pipeline
+from flows.pipeline import ensure_gpu_limit, get_or_create, pipeline
 
 ENTRYPOINT = "flows/pipeline.py:pipeline"
 LOCAL_POOL = "srppo-local"
@@ -31,13 +30,8 @@ LOCAL_POOL = "srppo-local"
 
 def ensure_pool(name: str, pool_type: str) -> None:
     with get_client(sync_client=True) as client:
-        try:
-            client.read_work_pool(name)
-        except ObjectNotFound:
-            try:
-                client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
-            except ObjectAlreadyExists:
-                pass
+        get_or_create(lambda: client.read_work_pool(name),
+                      lambda: client.create_work_pool(WorkPoolCreate(name=name, type=pool_type)))
 
 
 def deploy_local(repo: Path, name: str = "local", pool: str = LOCAL_POOL) -> UUID:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -69,20 +70,28 @@ def publish_lineage(repo: Path, graph: dict[str, Stage], statuses: dict[str, str
     return record
 
 
+def get_or_create(read: Callable[[], object], create: Callable[[], object]) -> None:
+    """Create a Prefect server object unless `read` finds it; one a concurrent run created first is fine."""
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    try:
+        read()
+    except ObjectNotFound:
+        try:
+            create()
+        except ObjectAlreadyExists:
+            pass
+
+
 def ensure_gpu_limit(slots: int = 1) -> None:
     """Create the `gpu` global concurrency limit if the server lacks it (an existing one is left as set)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
-            except ObjectAlreadyExists:
-                pass  # another run created it first
+        get_or_create(lambda: client.read_global_concurrency_limit_by_name(GPU_LIMIT),
+                      lambda: client.create_global_concurrency_limit(
+                          GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots)))
 
 
 def select(graph: dict[str, Stage], stages: list[str] | None) -> list[str]:

@@ -105,19 +105,27 @@ def repo(tmp_path, tiny_dir):
     return make_repo(tmp_path, tiny_dir)
 
 
+def result(repo: Path, stage: str, curves: str, keys: tuple[str, ...]) -> tuple:
+    """What must survive a kill: the weights file, the curve and the run's metrics (timings aside)."""
+    metrics = json.loads((repo / f"metrics/{stage}.json").read_text())
+    return sha(repo / f"data/{stage}/model.safetensors"), curve(repo / curves), {k: metrics[k] for k in keys}
+
+
+def kill_and_resume_to_the_same_result(repo: Path, stage: str, curves: str, keys: tuple[str, ...]) -> None:
+    """An uninterrupted run, a forced rerun killed after its first checkpoint, a resume: same result."""
+    run(["dvc", "repro", "-s", stage], repo)
+    want = result(repo, stage, curves, keys)
+    killed_at = kill_after_first_checkpoint(repo, stage)
+    assert_crash_left_nothing(repo, stage, [f"data/{stage}", f"metrics/{stage}.json"])
+    resume(repo, stage, killed_at, SMALL[stage]["checkpoint_every"])
+    assert result(repo, stage, curves, keys) == want
+
+
+SFT_METRICS = ("final_loss", "first_loss", "steps", "tokens")
+
+
 def test_sft_killed_resumes_to_identical_result(repo):
-    run(["dvc", "repro", "-s", "sft"], repo)
-    want = (sha(repo / "data/sft/model.safetensors"), curve(repo / "plots/sft_loss.csv"))
-    want_metrics = json.loads((repo / "metrics/sft.json").read_text())
-
-    killed_at = kill_after_first_checkpoint(repo, "sft")
-    assert_crash_left_nothing(repo, "sft", ["data/sft", "metrics/sft.json"])
-    resume(repo, "sft", killed_at, SMALL["sft"]["checkpoint_every"])
-
-    assert (sha(repo / "data/sft/model.safetensors"), curve(repo / "plots/sft_loss.csv")) == want
-    got = json.loads((repo / "metrics/sft.json").read_text())
-    assert {k: got[k] for k in ("final_loss", "first_loss", "steps", "tokens")} == \
-        {k: want_metrics[k] for k in ("final_loss", "first_loss", "steps", "tokens")}
+    kill_and_resume_to_the_same_result(repo, "sft", "plots/sft_loss.csv", SFT_METRICS)
 
 
 def write_ppo_inputs(repo: Path, sft_dir: Path) -> None:
@@ -134,17 +142,7 @@ PPO_METRICS = ("iterations", "stopped_early", "reward_raw_first", "reward_raw_la
 
 def test_ppo_killed_resumes_to_identical_result(repo, tiny_sft_dir):
     write_ppo_inputs(repo, tiny_sft_dir)
-    run(["dvc", "repro", "-s", "ppo"], repo)
-    want = (sha(repo / "data/ppo/model.safetensors"), curve(repo / "plots/ppo_curves.csv"))
-    want_metrics = json.loads((repo / "metrics/ppo.json").read_text())
-
-    killed_at = kill_after_first_checkpoint(repo, "ppo")
-    assert_crash_left_nothing(repo, "ppo", ["data/ppo", "metrics/ppo.json"])
-    resume(repo, "ppo", killed_at, SMALL["ppo"]["checkpoint_every"])
-
-    assert (sha(repo / "data/ppo/model.safetensors"), curve(repo / "plots/ppo_curves.csv")) == want
-    got = json.loads((repo / "metrics/ppo.json").read_text())
-    assert {k: got[k] for k in PPO_METRICS} == {k: want_metrics[k] for k in PPO_METRICS}
+    kill_and_resume_to_the_same_result(repo, "ppo", "plots/ppo_curves.csv", PPO_METRICS)
 
 
 def test_checkpoint_of_other_params_is_ignored(repo):
