@@ -218,13 +218,28 @@ class ConfigError(ValueError):
     """An invalid params file; the message names the file and the offending key."""
 
 
+# Unknown keys that look like remote credentials get a pointer to where those belong.
+CREDENTIAL_WORDS = ("remote", "key", "secret", "password", "token", "credential")
+CREDENTIAL_HINT = ("  credentials of DVC remotes go in .dvc/config.local (`dvc remote modify --local`) or the "
+                   "environment, never in params.yaml")
+
+
+def _names(loc: tuple, value) -> list[str]:
+    """The key path of an error and every key nested in its value."""
+    nested = [k for key, v in value.items() for k in [str(key), *_names((), v)]] if isinstance(value, dict) else []
+    return [str(p) for p in loc] + nested
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid parameters"]
+    lines, hint = [f"{source}: invalid parameters"], False
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
-        lines.append(f"  {key}: {e['msg']}{got}")
-    return "\n".join(lines)
+        # An unknown key's value does not help fix it, and may be a secret pasted into the wrong file.
+        shown = e["type"] not in ("missing", "extra_forbidden") and not isinstance(e["input"], dict)
+        lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if shown else ""))
+        hint |= e["type"] == "extra_forbidden" and any(
+            w in name.lower() for name in _names(e["loc"], e["input"]) for w in CREDENTIAL_WORDS)
+    return "\n".join(lines + [CREDENTIAL_HINT] * hint)
 
 
 def validate(raw: dict, source: str = "params") -> Params:
