@@ -4,6 +4,10 @@
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# Prefect's servers listen on loopback unless a container is started with another host on purpose
+# (docker run -e PREFECT_WORKER_WEBSERVER_HOST=0.0.0.0 ...). No credentials in the image: DVC remotes get
+# theirs at run time (environment, mounted file); .dockerignore keeps secret files out of the build context.
+ENV PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_WORKER_WEBSERVER_HOST=127.0.0.1 PREFECT_RUNNER_SERVER_HOST=127.0.0.1
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv git \
     && rm -rf /var/lib/apt/lists/*
 

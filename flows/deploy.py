@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from uuid import UUID
 
@@ -46,12 +47,14 @@ def deploy_image(pool: str, image: str, repo_url: str, branch: str | None = None
                  build: bool = False, job_variables: dict | None = None) -> UUID:
     """A deployment for a Docker/Kubernetes pool: each run clones `repo_url` inside `image`.
 
-    The clone and the DVC remote are all a run needs (credentials come from the worker's environment
-    or `job_variables["env"]`). With `build`, the image is built from the project's Dockerfile.
+    The clone and the DVC remote are all a run needs; the remote's credentials reach the container at run
+    time (a mounted file or a Kubernetes secret), never through `job_variables`, which the deployment
+    stores. With `build`, the image is built from the project's Dockerfile.
     """
     from prefect.docker import DockerImage
     from prefect.runner.storage import GitRepository
 
+    refuse_secrets(job_variables or {})
     ensure_gpu_limit()
     source = GitRepository(url=repo_url, branch=branch)
     flow = pipeline.from_source(source=source, entrypoint=ENTRYPOINT)
@@ -59,6 +62,18 @@ def deploy_image(pool: str, image: str, repo_url: str, branch: str | None = None
                       dockerfile="Dockerfile") if build else image
     return flow.deploy(name=name, work_pool_name=pool, image=img, build=build, push=build,
                        job_variables=job_variables or {}, description=_description(repo_url))
+
+
+SECRET_NAMES = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY", re.IGNORECASE)
+
+
+def refuse_secrets(job_variables: dict) -> None:
+    """Job variables are stored with the deployment (Prefect's database, shown in the UI): no credentials."""
+    found = sorted(k for k in job_variables.get("env") or {} if SECRET_NAMES.search(k))
+    if found:
+        raise ValueError(f"job variables env {found} would store credentials in the deployment, readable in "
+                         "Prefect's UI and database; give workers credentials through a mounted file or a "
+                         "Kubernetes secret instead (docs/orchestration.md, \"Security defaults\")")
 
 
 def _description(where: str) -> str:
