@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_flows_support import moto_s3, run
+from test_flows_support import moto_s3, run, s3_client
 
 from flows.storecheck import repair_store, verify_store
 
@@ -186,20 +186,13 @@ AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_
 
 
 def s3_contents(endpoint: str) -> dict[str, bytes]:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")
+    s3 = s3_client(endpoint)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="srppo").get("Contents", [])]
     return {k: s3.get_object(Bucket="srppo", Key=k)["Body"].read() for k in keys}
 
 
 def s3_count(endpoint: str) -> int:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")
-    return s3.list_objects_v2(Bucket="srppo").get("KeyCount", 0)
+    return s3_client(endpoint).list_objects_v2(Bucket="srppo").get("KeyCount", 0)
 
 
 def assert_s3_objects_whole(endpoint: str) -> set[str]:
@@ -217,10 +210,7 @@ def test_killed_push_and_pull_over_s3_keep_remote_and_cache_whole(tmp_path, monk
     for key, value in AWS.items():
         monkeypatch.setitem(ENV, key, value)
     with moto_s3(tmp_path / "moto.log") as endpoint:
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket="srppo")
+        s3_client(endpoint).create_bucket(Bucket="srppo")
         repo = tmp_path / "repo"
         files = make_data_repo(repo, "s3://srppo/dvc", n_small=60, n_big=2)
         dvc(["remote", "modify", "r", "endpointurl", endpoint], repo)

@@ -145,6 +145,14 @@ def moto_s3(log: Path):
         yield f"http://127.0.0.1:{port}"
 
 
+def s3_client(endpoint: str):
+    """A boto3 client of the moto server at `endpoint` (moto takes any credentials)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
 def lineage(repo: Path) -> dict:
     return json.loads((repo / "lineage.json").read_text())
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
-from test_flows_support import background, free_port, moto_s3, prefect_env, run, wait_ready, wait_until
+from test_flows_support import background, free_port, moto_s3, prefect_env, run, s3_client, wait_ready, wait_until
 
 from srppo.config import ConfigError, Params, dump_params, validate
 
@@ -205,11 +205,8 @@ def _bytes_under(root: Path, skip: set[Path]) -> dict[Path, bytes]:
 
 @pytest.mark.slow
 def test_remote_credentials_never_reach_lineage_artifacts_logs_or_git(tmp_path):
-    import boto3
-
     with moto_s3(tmp_path / "moto.log") as endpoint:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
-                          aws_secret_access_key="x")
+        s3 = s3_client(endpoint)
         s3.create_bucket(Bucket="srppo")
         repo = _toy_repo(tmp_path / "repo", endpoint)
         home = tmp_path / "prefect"
