@@ -28,6 +28,21 @@ class RuntimeConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Compute dtype. fp32 on CPU: bf16 is slower there without AMX.")
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = all cores.")
+    num_processes: int = Field(
+        1, ge=1, description="Training processes for the sft and ppo stages (one per GPU). Above 1 the stage "
+        "relaunches itself under `launcher` and needs `deepspeed_config`.")
+    launcher: Literal["torchrun", "deepspeed"] = Field(
+        "torchrun", description="What starts the processes: torchrun (one node) or deepspeed (hostfile).")
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed JSON (configs/deepspeed/zero2.json, zero3.json, zero3_offload.json); "
+        "batch size, accumulation, clipping and dtype are filled from params. null = plain torch.")
+
+    @model_validator(mode="after")
+    def _multi_process_needs_deepspeed(self):
+        if self.num_processes > 1 and not self.deepspeed_config:
+            raise ValueError("runtime.num_processes > 1 needs runtime.deepspeed_config "
+                             "(e.g. configs/deepspeed/zero2.json)")
+        return self
 
 
 class BaseConfig(Section):
@@ -208,6 +223,10 @@ class Params(Section):
         if self.rollouts.buffer_size % self.ppo.mini_batch_size:
             raise ValueError(f"ppo.mini_batch_size ({self.ppo.mini_batch_size}) must divide "
                              f"rollouts.buffer_size ({self.rollouts.buffer_size})")
+        n = self.runtime.num_processes
+        if self.sft.batch_size < n or self.ppo.mini_batch_size % n:
+            raise ValueError(f"with runtime.num_processes={n}, sft.batch_size ({self.sft.batch_size}) must be at "
+                             f"least {n} and ppo.mini_batch_size ({self.ppo.mini_batch_size}) a multiple of it")
         if self.ppo.critic_warmup_buffers > self.rollouts.n_buffers:
             raise ValueError(f"ppo.critic_warmup_buffers ({self.ppo.critic_warmup_buffers}) exceeds "
                              f"rollouts.n_buffers ({self.rollouts.n_buffers})")

@@ -45,4 +45,24 @@ def progress(total: int, desc: str, unit: str = "it"):
     """A tqdm bar on stderr, which DVC streams through; redrawn at most every 2 s to keep logs short."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=2.0)
+    import os
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=2.0,
+                disable=os.environ.get("RANK", "0") != "0")  # one bar per stage, not per process
+
+
+def training_config(runtime, micro_batch: int, grad_accum: int, max_grad_norm: float, dtype, lr: float) -> dict | None:
+    """The DeepSpeed config for a training stage, or None for plain torch."""
+    if not runtime.deepspeed_config:
+        return None
+    from srppo.distributed import deepspeed_config
+
+    return deepspeed_config(runtime.deepspeed_config, micro_batch, grad_accum, max_grad_norm, dtype, lr)
+
+
+def checkpoint_interval(runtime, every: int, stage: str) -> int:
+    # ZeRO shards weights and optimizer states across ranks: our single-file checkpoints cannot hold them
+    if runtime.deepspeed_config and every:
+        log(stage, "checkpoint_every is ignored under DeepSpeed: resume needs unsharded states")
+        return 0
+    return every

@@ -8,9 +8,11 @@ from typing import Callable
 
 import torch
 
+from srppo import distributed
 from srppo.data.chat import collate, encode_prompt, encode_response
 from srppo.data.records import DataError
 from srppo.logprobs import token_logprobs
+from srppo.distributed import Stepper
 from srppo.ppo.losses import masked_mean
 
 
@@ -59,44 +61,59 @@ def micro_batches(n: int, batch_size: int, epochs: float, seed: int):
 
 
 def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
-              on_step: Callable[[dict], None] | None = None, ckpt=None) -> list[dict]:
-    """`ckpt` (a srppo.checkpoint.Checkpointer) resumes from / saves at optimizer-step boundaries."""
+              on_step: Callable[[dict], None] | None = None, ckpt=None, ds_config: dict | None = None) -> list[dict]:
+    """`ckpt` (a srppo.checkpoint.Checkpointer) resumes from / saves at optimizer-step boundaries.
+
+    With several processes each global micro-batch is split across ranks and the reported loss is
+    the global token mean, so the curve matches a single-process run (srppo.distributed).
+    """
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stepper = Stepper(model, cfg.lr, cfg.weight_decay, cfg.max_grad_norm, ds_config, cfg.grad_accum)
     # the whole schedule comes from the seed, so a micro-batch index is a complete data position
     batches = list(micro_batches(len(encoded), cfg.batch_size, cfg.epochs, seed))
     total_steps = math.ceil(len(batches) / cfg.grad_accum)
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
     model.train()
     history, accum, tokens, start = [], [], 0, 0
-    saved = ckpt.restore({"model": model}, {"opt": opt}) if ckpt else None
+    saved = ckpt.restore({"model": model}, {"opt": stepper.optimizer}) if ckpt else None
     if saved:
         history, tokens, start = saved["history"], saved["tokens"], saved["next_micro"]
     for i in range(start, len(batches)):
         epoch, idx = batches[i]
-        batch = collate([encoded[j][0] for j in idx], [encoded[j][1] for j in idx], tok.pad_token_id).to(device)
-        logp = token_logprobs(model, batch)
-        loss = -masked_mean(logp, batch.action_mask)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"SFT loss is {loss.item()} at micro-batch {i} (demo rows "
-                                     f"{[j + 1 for j in idx]}); lower sft.lr")
-        (loss / cfg.grad_accum).backward()
-        accum.append(loss.item())
-        tokens += int(batch.attention_mask.sum())
-        if len(accum) == cfg.grad_accum or i == len(batches) - 1:
-            step = len(history)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_at(step, total_steps, warmup)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            row = {"step": step + 1, "epoch": epoch, "loss": sum(accum) / len(accum),
-                   "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm, "tokens": tokens}
-            history.append(row)
-            accum = []
-            if on_step:
-                on_step(row)
-            if ckpt:
-                ckpt.maybe_save(len(history), {"model": model}, {"opt": opt},
-                                lambda: {"history": history, "tokens": tokens, "next_micro": i + 1})
+        loss, global_loss, n_tokens = _micro_batch_loss(model, tok, encoded, i, idx, device)
+        accum.append(global_loss)
+        tokens += n_tokens
+        boundary = len(accum) == cfg.grad_accum or i == len(batches) - 1
+        step = len(history)
+        stepper.set_lr(cfg.lr * lr_at(step, total_steps, warmup))
+        grad_norm = stepper.backward_step(loss, boundary)
+        if not boundary:
+            continue
+        row = {"step": step + 1, "epoch": epoch, "loss": sum(accum) / len(accum),
+               "lr": stepper.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "tokens": tokens}
+        history.append(row)
+        accum = []
+        if on_step:
+            on_step(row)
+        if ckpt:
+            ckpt.maybe_save(len(history), {"model": model}, {"opt": stepper.optimizer},
+                            lambda: {"history": history, "tokens": tokens, "next_micro": i + 1})
     return history
+
+
+def _micro_batch_loss(model, tok, encoded, i: int, idx: list[int], device) -> tuple[torch.Tensor, float, int]:
+    """(this rank's scaled loss, the global token-mean loss, the global token count)."""
+    mine = distributed.shard(idx)
+    share_rows = mine or idx[:1]  # a rank without rows still runs the forward (ZeRO-3 gathers in lockstep)
+    batch = collate([encoded[j][0] for j in share_rows], [encoded[j][1] for j in share_rows],
+                    tok.pad_token_id).to(device)
+    logp = token_logprobs(model, batch)
+    loss = -masked_mean(logp, batch.action_mask)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"SFT loss is {loss.item()} at micro-batch {i} (demo rows "
+                                 f"{[j + 1 for j in share_rows]}); lower sft.lr")
+    n_local = float(batch.action_mask.sum()) if mine else 0.0
+    n_global = distributed.all_sum(n_local)
+    global_loss = distributed.all_sum(loss.item() * n_local) / max(n_global, 1.0)
+    tokens = int(distributed.all_sum(float(batch.attention_mask.sum()) if mine else 0.0))
+    return loss * distributed.loss_share(n_local, n_global), global_loss, tokens

@@ -6,7 +6,7 @@ usage: python stages/ppo.py BASE_DIR SFT_DIR PROMPTS_JSONL NORM_JSON ROLLOUTS_DI
 import sys
 from pathlib import Path
 
-from srppo import plots
+from srppo import distributed, plots
 from srppo.checkpoint import stage_checkpointer
 from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, read_json, write_csv, write_json
@@ -16,7 +16,7 @@ from srppo.ppo.trainer import PPOTrainer, Roles, length_guard_tripped, prompt_st
 from srppo.rewards import RewardNormalizer
 from srppo.roles import frozen, prompt_ids, rollout_engine, sampling_params
 from srppo.rollout.buffer import read_buffers
-from srppo.runner import Timer, load, log, progress
+from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config
 
 CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_loss", "policy_loss",
           "clip_frac", "entropy", "approx_kl"]
@@ -58,6 +58,8 @@ def engine_report(engine: str, ppo_rows: list[dict]) -> dict:
 def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metrics_path, curves_csv) -> None:
     params = load()
     cfg, rcfg = params.ppo, params.rollouts
+    distributed.relaunch_if_needed(params.runtime, __file__, sys.argv[1:])
+    distributed.init(params.runtime)
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("ppo")
     tok = load_tokenizer(sft_dir)
@@ -68,10 +70,13 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
                       critic=load_value_model(Path(sft_dir), device, dtype),
                       sft=frozen(sft_dir, device, dtype), pt=frozen(base_dir, device, dtype))
     engine = rollout_engine(rcfg, roles.actor, tok, sft_dir, params.runtime.seed, dtype)
+    ds = lambda lr: training_config(params.runtime, cfg.mini_batch_size, 1, cfg.max_grad_norm, dtype, lr)
     trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
-                         RewardNormalizer.from_dict(read_json(norm_path)), dump_dir=Path(out_dir).parent / "debug")
+                         RewardNormalizer.from_dict(read_json(norm_path)), dump_dir=Path(out_dir).parent / "debug",
+                         ds_actor=ds(cfg.actor_lr), ds_critic=ds(cfg.critic_lr))
     ckpt = stage_checkpointer(out_dir, params, ["runtime", "ppo", "rollouts"],
-                              [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir], cfg.checkpoint_every,
+                              [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir],
+                              checkpoint_interval(params.runtime, cfg.checkpoint_every, "ppo"),
                               lambda msg: log("ppo", msg))
     modules = {"actor": roles.actor, "critic": roles.critic}
     optims = {"actor": trainer.actor_opt, "critic": trainer.critic_opt}
@@ -87,8 +92,13 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
                 history, save)
     with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
         ppo_rows, stopped = ppo_iterations(trainer, stream, cfg, history, save, bar)
-    with timer.phase("save actor"), atomic_dir(out_dir) as tmp:
-        save_pretrained(roles.actor, tok, tmp)
+    with timer.phase("save actor"), distributed.gathered(roles.actor), distributed.main_first() as main_rank:
+        if main_rank:
+            with atomic_dir(out_dir) as tmp:
+                save_pretrained(roles.actor, tok, tmp)
+    engine.close()
+    if not distributed.is_main():
+        return
     write_csv(curves_csv, history)
     plots.curves(ppo_rows, CURVES, Path(curves_csv).with_suffix(".png"), "SRPPO training")
     first, last = ppo_rows[0], ppo_rows[-1]
@@ -98,8 +108,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         "kl_last": last["kl"], "response_length_first": first["response_length"],
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
-        **engine_report(rcfg.engine, ppo_rows), **timer.report()})
-    engine.close()
+        "processes": distributed.world_size(), **engine_report(rcfg.engine, ppo_rows), **timer.report()})
     ckpt.clear()
 
 

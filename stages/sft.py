@@ -6,25 +6,29 @@ usage: python stages/sft.py BASE_DIR DEMOS_JSONL OUT_DIR METRICS_JSON LOSS_CSV
 import sys
 from pathlib import Path
 
-from srppo import plots
+from srppo import distributed, plots
 from srppo.checkpoint import stage_checkpointer
 from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, write_csv, write_json
 from srppo.models import context_length, load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
-from srppo.runner import Timer, load, log, progress
+from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config
 from srppo.sft import check_max_len, encode_demos, micro_batches, train_sft
 
 
 def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_csv: str) -> None:
     params = load()
     cfg = params.sft
+    distributed.relaunch_if_needed(params.runtime, __file__, sys.argv[1:])
+    distributed.init(params.runtime)
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("sft")
     check_max_len(cfg.max_len, context_length(base_dir), base_dir)
     tok = load_tokenizer(base_dir)
     encoded = encode_demos(tok, read_jsonl(demos_path), cfg.max_len, demos_path)
     model = load_causal_lm(base_dir, device, dtype, trainable=True)
-    ckpt = stage_checkpointer(out_dir, params, ["runtime", "sft"], [base_dir, demos_path], cfg.checkpoint_every,
+    ds_config = training_config(params.runtime, cfg.batch_size, cfg.grad_accum, cfg.max_grad_norm, dtype, cfg.lr)
+    ckpt = stage_checkpointer(out_dir, params, ["runtime", "sft"], [base_dir, demos_path],
+                              checkpoint_interval(params.runtime, cfg.checkpoint_every, "sft"),
                               lambda msg: log("sft", msg))
     n_micro = sum(1 for _ in micro_batches(len(encoded), cfg.batch_size, cfg.epochs, params.runtime.seed))
     with timer.phase(f"train {len(encoded)} demos x {cfg.epochs} epochs"), \
@@ -32,14 +36,18 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
         def on_step(row):
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
-        history = train_sft(model, tok, encoded, cfg, params.runtime.seed, on_step, ckpt)
-    with timer.phase("save"), atomic_dir(out_dir) as tmp:
-        save_pretrained(model, tok, tmp)
+        history = train_sft(model, tok, encoded, cfg, params.runtime.seed, on_step, ckpt, ds_config)
+    with timer.phase("save"), distributed.gathered(model), distributed.main_first() as main_rank:
+        if main_rank:
+            with atomic_dir(out_dir) as tmp:
+                save_pretrained(model, tok, tmp)
+    if not distributed.is_main():
+        return
     write_csv(loss_csv, history)
     plots.curves(history, ["loss", "lr", "grad_norm"], Path(loss_csv).with_suffix(".png"), "SFT")
     tokens = history[-1]["tokens"]
     write_json(metrics_path, {"final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
-                              "steps": len(history), "tokens": tokens,
+                              "steps": len(history), "tokens": tokens, "processes": distributed.world_size(),
                               "tokens_per_s": round(tokens / timer.phases[next(iter(timer.phases))], 1),
                               **timer.report()})
     ckpt.clear()

@@ -45,7 +45,7 @@ def run(cmd, cwd) -> str:
 def make_repo(root: Path, tiny_dir: Path) -> Path:
     from srppo.data.prepare import prepare
 
-    for item in ("srppo", "stages"):
+    for item in ("srppo", "stages", "configs"):
         shutil.copytree(ROOT / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     params = validate(deep_merge(SMALL, {"base": {"name_or_path": str(tiny_dir), "gguf_package": None,

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
+from srppo import distributed
 from srppo.data.chat import Batch
 from srppo.data.records import DataError
+from srppo.distributed import Stepper
 from srppo.io import write_json
 from srppo.logprobs import token_logprobs
 from srppo.ppo.experience import (Experience, Scored, build_experience, critic_values, engine_logprob_gap,
@@ -57,12 +59,19 @@ def _check_finite(name: str, value: torch.Tensor, exp: Experience, dump_dir: Pat
 
 class PPOTrainer:
     def __init__(self, roles: Roles, engine, tok, cfg, sampling: SamplingParams,
-                 normalizer: RewardNormalizer, dump_dir: Path | None = None):
+                 normalizer: RewardNormalizer, dump_dir: Path | None = None,
+                 ds_actor: dict | None = None, ds_critic: dict | None = None):
+        """`ds_actor`/`ds_critic`: DeepSpeed configs (srppo.distributed) or None for plain torch.
+
+        Every rank samples and scores the whole buffer (same seeds, same results); each PPO
+        mini-batch is split across ranks, with losses scaled to the global token mean.
+        """
         self.roles, self.engine, self.tok, self.cfg = roles, engine, tok, cfg
         self.sampling, self.normalizer, self.dump_dir = sampling, normalizer, dump_dir
         self.device = next(roles.actor.parameters()).device
-        self.actor_opt = torch.optim.AdamW(roles.actor.parameters(), lr=cfg.actor_lr, weight_decay=0.0)
-        self.critic_opt = torch.optim.AdamW(roles.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
+        self.actor_step = Stepper(roles.actor, cfg.actor_lr, 0.0, cfg.max_grad_norm, ds_actor)
+        self.critic_step = Stepper(roles.critic, cfg.critic_lr, 0.0, cfg.max_grad_norm, ds_critic)
+        self.actor_opt, self.critic_opt = self.actor_step.optimizer, self.critic_step.optimizer
         # the engine starts from p_SFT = the initial actor; after an update (or a resume) an engine
         # holding its own weights must be synced before it samples again
         self.actor_changed = False
@@ -79,7 +88,10 @@ class PPOTrainer:
     # -- one PPO iteration --------------------------------------------------------------------
     def iteration(self, prompts: list[list[int]]) -> dict:
         t0 = time.perf_counter()
-        sync_s = self.engine.sync_weights(self.roles.actor) if self.actor_changed else 0.0
+        sync_s = 0.0
+        if self.actor_changed:
+            with distributed.gathered(self.roles.actor):  # ZeRO-3: full weights for the engine's copy
+                sync_s = self.engine.sync_weights(self.roles.actor)
         gens = self.engine.generate(prompts, self.sampling)
         t1 = time.perf_counter()
         scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device)
@@ -99,33 +111,38 @@ class PPOTrainer:
         return {**exp.info, **_mean(stats), **timing, "tokens_per_s": tokens / (t3 - t0)}
 
     def _minibatches(self, exp: Experience):
+        """Global mini-batches (the same permutation on every rank), each cut down to this rank's rows."""
         perm = torch.randperm(exp.batch.input_ids.shape[0], device=self.device)
-        return perm.split(self.cfg.mini_batch_size)
+        return [distributed.shard(mb) for mb in perm.split(self.cfg.mini_batch_size)]
 
     def _actor_step(self, exp: Experience, idx) -> dict:
         mb, mask = _rows(exp.batch, idx), exp.mask[idx]
         logp, entropy = token_logprobs(self.roles.actor, mb, with_entropy=True, temperature=self.sampling.temperature)
         loss, metrics = policy_loss(logp, exp.logp_old[idx], exp.advantages[idx], mask, self.cfg.clip_eps)
         _check_finite("policy loss", loss, exp, self.dump_dir)
-        self.actor_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["actor_grad_norm"] = torch.nn.utils.clip_grad_norm_(
-            self.roles.actor.parameters(), self.cfg.max_grad_norm).item()
-        self.actor_opt.step()
-        self.actor_changed = True
         metrics["entropy"] = masked_mean(entropy, mask).item()
-        return metrics
+        n_local = float(mask.sum())
+        n_global = distributed.all_sum(n_local)
+        grad_norm = self.actor_step.backward_step(loss * distributed.loss_share(n_local, n_global))
+        self.actor_changed = True
+        return {**_global(metrics, n_local, n_global), "actor_grad_norm": grad_norm}
 
     def _critic_step(self, exp: Experience, idx) -> dict:
         mb, mask = _rows(exp.batch, idx), exp.mask[idx]
         values = self.roles.critic(mb.input_ids, mb.attention_mask)[:, :-1]
         loss, metrics = value_loss(values, exp.values[idx], exp.returns[idx], mask, self.cfg.value_clip)
         _check_finite("value loss", loss, exp, self.dump_dir)
-        self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.roles.critic.parameters(), self.cfg.max_grad_norm)
-        self.critic_opt.step()
+        n_local = float(mask.sum())
+        n_global = distributed.all_sum(n_local)
+        self.critic_step.backward_step(loss * distributed.loss_share(n_local, n_global))
+        return _global(metrics, n_local, n_global)
+
+
+def _global(metrics: dict, n_local: float, n_global: float) -> dict:
+    """Token-weighted means over all ranks of per-rank token means (identity for one process)."""
+    if distributed.world_size() == 1:
         return metrics
+    return {k: distributed.all_sum(v * n_local) / max(n_global, 1.0) for k, v in metrics.items()}
 
 
 def _mean(rows: list[dict]) -> dict:

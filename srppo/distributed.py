@@ -1,0 +1,181 @@
+"""Multi-process training: relaunch under a launcher, DeepSpeed ZeRO optimizer steps, rank helpers.
+
+Layout of a distributed stage: every rank holds the same data, samples the same rollouts (seeded per
+iteration) and computes the same experience; each global mini-batch is split across ranks, and each
+rank scales its loss so that DeepSpeed's gradient average equals the single-process gradient of the
+whole mini-batch (token-level mean over all ranks' tokens). The loss trajectory of N processes
+therefore matches one process up to float reduction order. Only rank 0 writes outputs.
+
+Single-process runs without `runtime.deepspeed_config` never import DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+LAUNCHED = "SRPPO_LAUNCHED"  # set for the children of a relaunch: they must not relaunch again
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(runtime, script: str, args: list[str]) -> list[str]:
+    n = runtime.num_processes
+    if runtime.launcher == "deepspeed":  # reads a hostfile for multi-node; one node by default
+        return ["deepspeed", f"--num_gpus={n}", f"--master_port={_free_port()}", script, *args]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}", script, *args]
+
+
+def relaunch_if_needed(runtime, script: str, args: list[str]) -> None:
+    """With runtime.num_processes > 1, rerun this stage under the launcher and exit with its status.
+
+    The DVC stage command stays `python stages/X.py ...`: the stage relaunches itself, so one
+    dvc.yaml serves a laptop and an 8-GPU node.
+    """
+    if runtime.num_processes <= 1 or os.environ.get(LAUNCHED) or "LOCAL_RANK" in os.environ:
+        return
+    env = {**os.environ, LAUNCHED: "1"}
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed otherwise looks for a GPU
+    print(f"[launch] {' '.join(launch_command(runtime, script, args))}", file=sys.stderr, flush=True)
+    raise SystemExit(subprocess.call(launch_command(runtime, script, args), env=env))
+
+
+def init(runtime) -> None:
+    """Join the process group started by the launcher (no-op for one plain-torch process)."""
+    if dist.is_initialized() or (world_size() == 1 and not runtime.deepspeed_config):
+        return
+    if world_size() == 1:  # DeepSpeed wants a process group even alone: a group of one on loopback
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+            os.environ.setdefault(key, value)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if runtime.deepspeed_config:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    else:
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def shard(rows: list[int] | torch.Tensor):
+    """This rank's part of a global mini-batch: every world_size-th row."""
+    return rows[rank() :: world_size()]
+
+
+def loss_share(local_tokens: float, global_tokens: float) -> float:
+    """Factor on a rank's token-mean loss so the ranks' average gradient is the global token mean."""
+    return world_size() * local_tokens / max(global_tokens, 1.0)
+
+
+def all_sum(value: float) -> float:
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def deepspeed_config(path: str | Path, micro_batch: int, grad_accum: int, max_grad_norm: float,
+                     dtype: torch.dtype, lr: float) -> dict:
+    """The JSON in the repo, with the knobs that params.yaml owns filled in (HF's "auto")."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"runtime.deepspeed_config: cannot read {path}: {err}") from None
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from the two below
+    cfg["train_micro_batch_size_per_gpu"] = max(micro_batch // world_size(), 1)
+    cfg["gradient_accumulation_steps"] = grad_accum
+    cfg["gradient_clipping"] = max_grad_norm
+    cfg["bf16"] = {"enabled": dtype == torch.bfloat16}
+    cfg["fp16"] = {"enabled": dtype == torch.float16}
+    if "optimizer" in cfg:  # e.g. CPU offload needs DeepSpeed's own Adam
+        cfg["optimizer"].setdefault("params", {})["lr"] = lr
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+class Stepper:
+    """Backward + optimizer step for one trainable model: plain torch, or a DeepSpeed ZeRO engine."""
+
+    def __init__(self, model, lr: float, weight_decay: float, max_grad_norm: float, ds_config: dict | None,
+                 grad_accum: int = 1):
+        self.model, self.max_grad_norm, self.engine, self.grad_accum = model, max_grad_norm, None, grad_accum
+        if ds_config is None:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+            return
+        import deepspeed
+
+        opt = None if "optimizer" in ds_config else torch.optim.AdamW(model.parameters(), lr=lr,
+                                                                        weight_decay=weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def backward_step(self, loss: torch.Tensor, boundary: bool = True) -> float | None:
+        """Accumulate `loss`'s gradient; at a boundary clip and step. Returns the grad norm there."""
+        if self.engine is None:
+            (loss / self.grad_accum).backward()
+            if not boundary:
+                return None
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm).item()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            return norm
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss)  # scales by 1/gradient_accumulation_steps itself
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm() if boundary else None
+        return float(norm) if norm is not None else None
+
+
+def gathered(model):
+    """Full weights of a ZeRO-3 model for the duration of the block (e.g. to save them)."""
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
+@contextmanager
+def main_first():
+    """Rank 0 does the block; the others wait for it (e.g. writing an output directory)."""
+    try:
+        yield is_main()
+    finally:
+        barrier()
