@@ -164,12 +164,28 @@ class RolloutConfig(Section):
     n_buffers: int = Field(2, ge=1, description="Buffers written for critic warm-up (paper: 35).")
 
 
+# The estimators that need several samples per prompt; mirrors srppo.ppo.estimators.GROUPED so this
+# module stays free of torch (tests keep the two equal).
+GROUP_ESTIMATORS = ("grpo", "rloo")
+
+
 class PPOConfig(Section):
     """Algorithm 2 (Appendix B) with the coherent reward, Eq. (3)-(4)."""
 
     reward_mode: Literal["sequence", "token"] = Field(
         "sequence", description="'sequence': Eq. (4), reward at EOS. 'token': Appendix E (length blow-up!).")
-    estimator: Literal["gae"] = Field("gae", description="Advantage estimator from the registry.")
+    estimator: Literal["gae", "grpo", "rloo", "reinforce_pp"] = Field(
+        "gae", description="Advantage estimator (srppo/ppo/estimators.py). 'gae': Eq. (5) with the critic, as in "
+        "the paper. Critic-free, so no critic forward, update or warm-up (§5 names them as alternatives): "
+        "'grpo' (group-normalised sequence return, arXiv 2402.03300), 'rloo' (leave-one-out baseline, "
+        "arXiv 2402.14740), 'reinforce_pp' (REINFORCE++: discounted return-to-go whitened over the buffer, "
+        "arXiv 2501.03262). grpo and rloo need ppo.group_size >= 2.")
+    group_size: int = Field(
+        1, ge=1, description="Samples per prompt, generated as adjacent rows of a buffer. grpo and rloo compare "
+        "the samples of one prompt with each other and need >= 2; rollouts.buffer_size must be a multiple.")
+    grpo_norm_std: bool = Field(
+        True, description="grpo: divide by the group's reward std. false = Dr. GRPO (arXiv 2503.20783): the "
+        "division up-weights prompts whose samples all score alike.")
     iterations: int = Field(10, ge=1, description="PPO iterations (one buffer each) after the warm-up.")
     critic_warmup_buffers: int = Field(2, ge=0, description="Critic-only updates on the `rollouts` buffers (paper: 35).")
     actor_lr: float = Field(
@@ -183,7 +199,9 @@ class PPOConfig(Section):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda. Paper: 0.95.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each buffer.")
     mini_batch_size: int = Field(8, ge=1, description="Sequences per PPO optimizer step.")
-    whiten_advantages: bool = True
+    whiten_advantages: bool = Field(
+        True, description="Whiten GAE advantages over the buffer. Critic-free estimators ignore it: they set "
+        "their own scale (group std, whitening by definition, or raw on purpose).")
     max_grad_norm: float = Field(1.0, gt=0)
     length_guard: float = Field(
         2.0, gt=1, description="Stop PPO if mean response length exceeds this multiple of the first buffer's "
@@ -199,6 +217,13 @@ class PPOConfig(Section):
         if self.reward_mode == "token" and not self.token_reward_ack:
             raise ValueError("ppo.reward_mode='token' grows responses without bound (paper Appendix E); "
                              "set ppo.token_reward_ack: true to use it anyway")
+        return self
+
+    @model_validator(mode="after")
+    def _groups_for_group_estimators(self):
+        if self.estimator in GROUP_ESTIMATORS and self.group_size < 2:
+            raise ValueError(f"ppo.estimator='{self.estimator}' compares samples of the same prompt: "
+                             f"set ppo.group_size >= 2 (got {self.group_size})")
         return self
 
 
@@ -223,6 +248,9 @@ class Params(Section):
         if self.rollouts.buffer_size % self.ppo.mini_batch_size:
             raise ValueError(f"ppo.mini_batch_size ({self.ppo.mini_batch_size}) must divide "
                              f"rollouts.buffer_size ({self.rollouts.buffer_size})")
+        if self.rollouts.buffer_size % self.ppo.group_size:
+            raise ValueError(f"rollouts.buffer_size ({self.rollouts.buffer_size}) must be a multiple of "
+                             f"ppo.group_size ({self.ppo.group_size}): a buffer holds whole groups of samples")
         n = self.runtime.num_processes
         if self.sft.batch_size < n or self.ppo.mini_batch_size % n:
             raise ValueError(f"with runtime.num_processes={n}, sft.batch_size ({self.sft.batch_size}) must be at "

@@ -23,6 +23,8 @@ CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_lo
 
 
 def warm_up(trainer, buffers, history: list[dict], save) -> None:
+    if trainer.critic_free:  # grpo / rloo / reinforce_pp never read V(s): nothing to warm up
+        return
     done = sum(h["phase"] == "warmup" for h in history)  # > 0 when resumed
     for i, scored in enumerate(buffers[done:], start=done):
         history.append({"step": i + 1, "phase": "warmup", **trainer.warmup_critic(scored)})

@@ -12,7 +12,7 @@ import torch
 
 from srppo.data.chat import Batch, collate
 from srppo.logprobs import token_logprobs
-from srppo.ppo.estimators import get_estimator
+from srppo.ppo.estimators import CRITIC_FREE, get_estimator
 from srppo.ppo.losses import kl_penalty, masked_whiten
 from srppo.rewards import RewardNormalizer, coherent_reward, place_at_last_token, token_rewards
 from srppo.rollout.engine import Generation
@@ -67,8 +67,10 @@ def critic_values(critic, batch: Batch) -> torch.Tensor:
 
 
 def build_experience(scored: Scored, logp_old: torch.Tensor, values: torch.Tensor,
-                     normalizer: RewardNormalizer, cfg) -> Experience:
-    """Rewards (Eq. 4 or Appendix E) minus the per-token KL penalty, then advantages (Eq. 5)."""
+                     normalizer: RewardNormalizer, cfg, groups: torch.Tensor | None = None) -> Experience:
+    """Rewards (Eq. 4 or Appendix E) minus the per-token KL penalty, then advantages (Eq. 5 or
+    `cfg.estimator`). `groups`: (B,) prompt id of each row when prompts are sampled ppo.group_size times.
+    """
     mask = scored.batch.action_mask
     if cfg.reward_mode == "sequence":
         task_reward = place_at_last_token(normalizer(scored.reward_raw), mask)
@@ -76,8 +78,10 @@ def build_experience(scored: Scored, logp_old: torch.Tensor, values: torch.Tenso
         task_reward = token_rewards(scored.logp_sft, scored.logp_pt, mask) / normalizer.scale
     kl = kl_penalty(logp_old, scored.logp_sft, mask)
     rewards = task_reward - cfg.kl_coef * kl
-    advantages, returns = get_estimator(cfg.estimator)(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
-    if cfg.whiten_advantages:
+    advantages, returns = get_estimator(cfg.estimator)(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam,
+                                                       groups=groups, norm_std=cfg.grpo_norm_std)
+    # critic-free estimators scale their own advantages (group std, batch whitening, or on purpose not)
+    if cfg.whiten_advantages and cfg.estimator not in CRITIC_FREE:
         advantages = masked_whiten(advantages, mask)
     lengths = mask.sum(-1)
     info = {
@@ -110,7 +114,8 @@ def engine_logprob_gap(gens: list[Generation], logp_old: torch.Tensor, batch: Ba
 
 @torch.no_grad()
 def make_experience(actor, critic, scored: Scored, normalizer: RewardNormalizer, cfg,
-                    temperature: float = 1.0) -> Experience:
+                    temperature: float = 1.0, groups: torch.Tensor | None = None) -> Experience:
     logp_old = token_logprobs(actor, scored.batch, temperature=temperature)
-    values = critic_values(critic, scored.batch)
-    return build_experience(scored, logp_old, values, normalizer, cfg)
+    # a critic-free estimator never reads V(s): spare the critic's forward
+    values = torch.zeros_like(logp_old) if cfg.estimator in CRITIC_FREE else critic_values(critic, scored.batch)
+    return build_experience(scored, logp_old, values, normalizer, cfg, groups)

@@ -4,6 +4,10 @@ Phases per iteration (each timed): generate -> score (p_SFT, p_PT) -> make exper
 critic) -> PPO epochs over mini-batches (actor and critic). The warm-up trains only the critic, on
 buffers sampled from p_SFT by the `rollouts` stage: the actor equals p_SFT then, so its log-probs
 and the KL term need no extra forward.
+
+With `ppo.group_size` > 1 every prompt is sampled that many times (adjacent rows). A critic-free
+estimator (grpo, rloo, reinforce_pp) drops the critic from all three places: no forward, no update,
+no warm-up.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from srppo.data.records import DataError
 from srppo.distributed import Stepper
 from srppo.io import write_json
 from srppo.logprobs import token_logprobs
+from srppo.ppo.estimators import CRITIC_FREE
 from srppo.ppo.experience import (Experience, Scored, build_experience, critic_values, engine_logprob_gap,
                                   make_experience, score)
 from srppo.ppo.losses import masked_mean, policy_loss, value_loss
@@ -75,6 +80,8 @@ class PPOTrainer:
         # the engine starts from p_SFT = the initial actor; after an update (or a resume) an engine
         # holding its own weights must be synced before it samples again
         self.actor_changed = False
+        # grpo / rloo / reinforce_pp: no critic forward, update or warm-up (the critic just rides along)
+        self.critic_free = cfg.estimator in CRITIC_FREE
 
     # -- critic warm-up ---------------------------------------------------------------------
     def warmup_critic(self, scored: Scored) -> dict:
@@ -92,18 +99,22 @@ class PPOTrainer:
         if self.actor_changed:
             with distributed.gathered(self.roles.actor):  # ZeRO-3: full weights for the engine's copy
                 sync_s = self.engine.sync_weights(self.roles.actor)
+        prompts, groups = repeat_prompts(prompts, self.cfg.group_size, self.device)
         gens = self.engine.generate(prompts, self.sampling)
         t1 = time.perf_counter()
         scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device)
         exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg,
-                              self.sampling.temperature)
+                              self.sampling.temperature, groups)
         exp.info.update(engine_logprob_gap(gens, exp.logp_old, exp.batch))
         _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
         t2 = time.perf_counter()
         stats = []
         for _ in range(self.cfg.ppo_epochs):
             for idx in self._minibatches(exp):
-                stats.append({**self._actor_step(exp, idx), **self._critic_step(exp, idx)})
+                row = self._actor_step(exp, idx)
+                if not self.critic_free:
+                    row.update(self._critic_step(exp, idx))
+                stats.append(row)
         t3 = time.perf_counter()
         timing = {"time_weight_sync": sync_s, "time_generate": t1 - t0 - sync_s, "time_experience": t2 - t1,
                   "time_train": t3 - t2}
@@ -136,6 +147,18 @@ class PPOTrainer:
         n_global = distributed.all_sum(n_local)
         self.critic_step.backward_step(loss * distributed.loss_share(n_local, n_global))
         return _global(metrics, n_local, n_global)
+
+
+def repeat_prompts(prompts: list[list[int]], group_size: int, device) -> tuple[list[list[int]], torch.Tensor | None]:
+    """Each prompt `group_size` times in a row, and each row's group id (None for one sample per prompt).
+
+    Adjacent rows keep a group easy to read in dumps; the estimators only rely on the ids. For a
+    buffer of rollouts.buffer_size rows, the caller hands in buffer_size // group_size prompts.
+    """
+    if group_size == 1:
+        return prompts, None
+    rows = [p for p in prompts for _ in range(group_size)]
+    return rows, torch.arange(len(prompts), device=device).repeat_interleave(group_size)  # (B * group_size,)
 
 
 def _global(metrics: dict, n_local: float, n_global: float) -> dict:
