@@ -86,7 +86,9 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     history = (restored or {"history": []})["history"]
     trainer.actor_changed = restored is not None  # an engine with its own weights must pick up the resumed actor
     n_ppo = sum(h["phase"] == "ppo" for h in history)
-    stream = prompt_stream(prompts, rcfg.buffer_size, params.runtime.seed, n_ppo, prompts_path)  # checks the size now
+    # a buffer holds buffer_size rollouts: group_size samples of buffer_size / group_size prompts
+    stream = prompt_stream(prompts, rcfg.buffer_size // cfg.group_size, params.runtime.seed, n_ppo,
+                           prompts_path)  # checks the size now
     # one counter over warm-up buffers and PPO iterations: the history length is the loop position
     save = lambda: ckpt.maybe_save(len(history), modules, optims, lambda: {"history": history})
     with timer.phase(f"critic warm-up on {cfg.critic_warmup_buffers} buffers"):
