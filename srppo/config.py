@@ -160,6 +160,9 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(16, ge=1, description="Prompts generated together.")
+    score_batch_size: int = Field(
+        16, ge=1, description="Sequences per no-grad forward when scoring rollouts (p_SFT, p_PT) and making "
+        "PPO experience (actor, critic): bounds the logits' memory (B x T x vocab in fp32).")
     buffer_size: int = Field(16, ge=1, description="Rollouts per buffer (paper: 1024).")
     n_buffers: int = Field(2, ge=1, description="Buffers written for critic warm-up (paper: 35).")
 
@@ -198,7 +201,10 @@ class PPOConfig(Section):
     gamma: float = Field(1.0, ge=0, le=1, description="Paper: 1.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda. Paper: 0.95.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each buffer.")
-    mini_batch_size: int = Field(8, ge=1, description="Sequences per PPO optimizer step.")
+    mini_batch_size: int = Field(8, ge=1, description="Sequences per PPO optimizer step (over all processes).")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per forward/backward within a mini-batch, per process, with "
+        "gradient accumulation; null = the process's whole share of the mini-batch at once.")
     whiten_advantages: bool = Field(
         True, description="Whiten GAE advantages over the buffer. Critic-free estimators ignore it: they set "
         "their own scale (group std, whitening by definition, or raw on purpose).")

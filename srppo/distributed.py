@@ -163,6 +163,19 @@ class Stepper:
         return float(norm) if norm is not None else None
 
 
+def shard_frozen(model, ds_config: dict | None):
+    """Under ZeRO-3, partition a frozen role (p_SFT, p_PT) across ranks too: a replicated 7B bf16
+    copy per GPU is 14 GB each. Its forwards then gather layers on the fly, all ranks in lockstep."""
+    if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
+        return model
+    import deepspeed
+
+    cfg = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
+    cfg["zero_optimization"] = {k: v for k, v in cfg["zero_optimization"].items() if not k.startswith("offload_optimizer")}
+    engine, *_ = deepspeed.initialize(model=model, config=cfg)
+    return engine.module.eval()
+
+
 def gathered(model):
     """Full weights of a ZeRO-3 model for the duration of the block (e.g. to save them)."""
     if not any(hasattr(p, "ds_id") for p in model.parameters()):

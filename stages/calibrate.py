@@ -34,7 +34,7 @@ def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, p
     sampling = sampling_params(rcfg)
     sample = lambda model, path, recs, bar: _sample(rollout_engine(rcfg, model, tok, path, params.runtime.seed, dtype),
                                                     prompt_ids(tok, recs), sampling, bar)
-    score = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.batch_size)
+    score = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.score_batch_size)
     with timer.phase("score demonstrations"):
         demo_r, demo_len = score(demo_generations(tok, demos))
     with timer.phase("sample p_PT on the demonstration prompts"), progress(len(demos), "p_PT samples") as bar:

@@ -67,15 +67,19 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     tok = load_tokenizer(sft_dir)
     prompts = prompt_ids(tok, read_jsonl(prompts_path), prompts_path, rcfg.max_new_tokens,
                          context_length(sft_dir))  # checked before any model is loaded
+    # an engine with its own weights (vLLM) starts first: it sizes its KV cache from the free memory
+    engine = None if rcfg.engine == "hf" else rollout_engine(rcfg, None, tok, sft_dir, params.runtime.seed, dtype)
+    ds = lambda lr: training_config(params.runtime, cfg.mini_batch_size, 1, cfg.max_grad_norm, dtype, lr)
     with timer.phase("load actor, critic, p_SFT, p_PT"):
         roles = Roles(actor=load_causal_lm(sft_dir, device, dtype, trainable=True),
                       critic=load_value_model(Path(sft_dir), device, dtype),
-                      sft=frozen(sft_dir, device, dtype), pt=frozen(base_dir, device, dtype))
-    engine = rollout_engine(rcfg, roles.actor, tok, sft_dir, params.runtime.seed, dtype)
-    ds = lambda lr: training_config(params.runtime, cfg.mini_batch_size, 1, cfg.max_grad_norm, dtype, lr)
+                      sft=distributed.shard_frozen(frozen(sft_dir, device, dtype), ds(cfg.actor_lr)),
+                      pt=distributed.shard_frozen(frozen(base_dir, device, dtype), ds(cfg.actor_lr)))
+    engine = engine or rollout_engine(rcfg, roles.actor, tok, sft_dir, params.runtime.seed, dtype)
     trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
                          RewardNormalizer.from_dict(read_json(norm_path)), dump_dir=Path(out_dir).parent / "debug",
-                         ds_actor=ds(cfg.actor_lr), ds_critic=ds(cfg.critic_lr))
+                         ds_actor=ds(cfg.actor_lr), ds_critic=ds(cfg.critic_lr),
+                         forward_batch_size=rcfg.score_batch_size)
     ckpt = stage_checkpointer(out_dir, params, ["runtime", "ppo", "rollouts"],
                               [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir],
                               checkpoint_interval(params.runtime, cfg.checkpoint_every, "ppo"),

@@ -35,7 +35,7 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
             items = records[b * cfg.buffer_size : (b + 1) * cfg.buffer_size]
             with timer.phase(f"buffer {b}"):
                 gens = engine.generate(prompt_ids(tok, items), sampling_params(cfg), progress=bar)
-                scored = score(gens, sft, pt, tok.pad_token_id, device)
+                scored = score(gens, sft, pt, tok.pad_token_id, device, cfg.score_batch_size)
                 frame = to_frame(scored, gens, items, tok, b)
                 frame.to_parquet(buffer_path(tmp, b), index=False)
             summary.append({"buffer": b, "reward_mean": float(frame.reward_raw.mean()),

@@ -30,9 +30,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=RE
 SFT = ["python", "stages/sft.py", "data/base", "data/prepared/demos.jsonl"]
 PPO = ["python", "stages/ppo.py", "data/base", "data/sft", "data/prepared/ppo_prompts.jsonl",
        "data/calibrate/reward_norm.json", "data/rollouts"]
-RUNS = {"single": {"num_processes": 1, "deepspeed_config": None},
-        "zero2x2": {"num_processes": 2, "deepspeed_config": "configs/deepspeed/zero2.json"},
-        "zero3x2": {"num_processes": 2, "deepspeed_config": "configs/deepspeed/zero3.json"}}
+# ZeRO-3 also shards the frozen p_SFT/p_PT, and its PPO run accumulates micro-batches of one sequence
+RUNS = {"single": {"runtime": {"num_processes": 1, "deepspeed_config": None}, "ppo": {"micro_batch_size": None}},
+        "zero2x2": {"runtime": {"num_processes": 2, "deepspeed_config": "configs/deepspeed/zero2.json"},
+                    "ppo": {"micro_batch_size": None}},
+        "zero3x2": {"runtime": {"num_processes": 2, "deepspeed_config": "configs/deepspeed/zero3.json"},
+                    "ppo": {"micro_batch_size": 1}}}
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +45,10 @@ def repo(tmp_path_factory, tiny_dir):
     return repo
 
 
-def set_runtime(repo, runtime: dict) -> None:
+def set_params(repo, override: dict) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["runtime"].update(runtime)
+    for section, values in override.items():
+        params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -54,7 +58,7 @@ def curve(path, keys: list[str]) -> list[dict]:
 
 
 def run_stage(repo, name: str, cmd: list[str], outputs: list[str]) -> None:
-    set_runtime(repo, RUNS[name])
+    set_params(repo, RUNS[name])
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     res = subprocess.run([*cmd, *[f"out/{name}/{o}" for o in outputs]], cwd=repo, capture_output=True, text=True,
                          env=env, timeout=900)
@@ -79,7 +83,7 @@ def test_sft_curves_match_single_process(repo):
     reference = load_file(repo / "out" / "single" / "sft" / "model.safetensors")
     for name in RUNS:
         metrics = json.loads((repo / "out" / name / "sft.json").read_text())
-        assert metrics["processes"] == RUNS[name]["num_processes"]
+        assert metrics["processes"] == RUNS[name]["runtime"]["num_processes"]
         saved = load_file(repo / "out" / name / "sft" / "model.safetensors")  # ZeRO-3: gathered, full shapes
         assert saved.keys() == reference.keys()
         for key, tensor in reference.items():

@@ -51,11 +51,24 @@ class Experience:
         return self.batch.action_mask
 
 
+def in_chunks(fn, batch: Batch, rows: int | None) -> torch.Tensor:
+    """`fn(batch)` over chunks of `rows` rows (same width and first_action), concatenated.
+
+    A 1024-rollout buffer with 1024-token responses and a 128k vocabulary would need over a TiB of
+    logits in one forward; chunks keep that to `rows` sequences at a time.
+    """
+    n = batch.input_ids.shape[0]
+    if not rows or rows >= n:
+        return fn(batch)
+    return torch.cat([fn(Batch(batch.input_ids[s : s + rows], batch.attention_mask[s : s + rows],
+                               batch.action_mask[s : s + rows], batch.first_action)) for s in range(0, n, rows)])
+
+
 @torch.no_grad()
-def score(gens: list[Generation], sft, pt, pad_id: int, device) -> Scored:
+def score(gens: list[Generation], sft, pt, pad_id: int, device, chunk: int | None = None) -> Scored:
     batch = collate([g.prompt_ids for g in gens], [g.response_ids for g in gens], pad_id).to(device)
-    logp_sft = token_logprobs(sft, batch)
-    logp_pt = token_logprobs(pt, batch)
+    logp_sft = in_chunks(lambda b: token_logprobs(sft, b), batch, chunk)
+    logp_pt = in_chunks(lambda b: token_logprobs(pt, b), batch, chunk)
     reward = coherent_reward(logp_sft, logp_pt, batch.action_mask)
     truncated = torch.tensor([g.truncated for g in gens], device=device)
     return Scored(batch, logp_sft, logp_pt, reward, truncated)
@@ -114,8 +127,10 @@ def engine_logprob_gap(gens: list[Generation], logp_old: torch.Tensor, batch: Ba
 
 @torch.no_grad()
 def make_experience(actor, critic, scored: Scored, normalizer: RewardNormalizer, cfg,
-                    temperature: float = 1.0, groups: torch.Tensor | None = None) -> Experience:
-    logp_old = token_logprobs(actor, scored.batch, temperature=temperature)
+                    temperature: float = 1.0, groups: torch.Tensor | None = None,
+                    chunk: int | None = None) -> Experience:
+    logp_old = in_chunks(lambda b: token_logprobs(actor, b, temperature=temperature), scored.batch, chunk)
     # a critic-free estimator never reads V(s): spare the critic's forward
-    values = torch.zeros_like(logp_old) if cfg.estimator in CRITIC_FREE else critic_values(critic, scored.batch)
+    values = torch.zeros_like(logp_old) if cfg.estimator in CRITIC_FREE else \
+        in_chunks(lambda b: critic_values(critic, b), scored.batch, chunk)
     return build_experience(scored, logp_old, values, normalizer, cfg, groups)

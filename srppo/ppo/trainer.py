@@ -27,7 +27,7 @@ from srppo.distributed import Stepper
 from srppo.io import write_json
 from srppo.logprobs import token_logprobs
 from srppo.ppo.estimators import CRITIC_FREE
-from srppo.ppo.experience import (Experience, Scored, build_experience, critic_values, engine_logprob_gap,
+from srppo.ppo.experience import (Experience, Scored, build_experience, critic_values, engine_logprob_gap, in_chunks,
                                   make_experience, score)
 from srppo.ppo.losses import masked_mean, policy_loss, value_loss
 from srppo.rewards import RewardNormalizer
@@ -65,13 +65,14 @@ def _check_finite(name: str, value: torch.Tensor, exp: Experience, dump_dir: Pat
 class PPOTrainer:
     def __init__(self, roles: Roles, engine, tok, cfg, sampling: SamplingParams,
                  normalizer: RewardNormalizer, dump_dir: Path | None = None,
-                 ds_actor: dict | None = None, ds_critic: dict | None = None):
+                 ds_actor: dict | None = None, ds_critic: dict | None = None, forward_batch_size: int | None = None):
         """`ds_actor`/`ds_critic`: DeepSpeed configs (srppo.distributed) or None for plain torch.
 
         Every rank samples and scores the whole buffer (same seeds, same results); each PPO
         mini-batch is split across ranks, with losses scaled to the global token mean.
         """
         self.roles, self.engine, self.tok, self.cfg = roles, engine, tok, cfg
+        self.forward_batch_size = forward_batch_size  # rows per no-grad forward: bounds the logits' memory
         self.sampling, self.normalizer, self.dump_dir = sampling, normalizer, dump_dir
         self.device = next(roles.actor.parameters()).device
         self.actor_step = Stepper(roles.actor, cfg.actor_lr, 0.0, cfg.max_grad_norm, ds_actor)
@@ -86,7 +87,7 @@ class PPOTrainer:
     # -- critic warm-up ---------------------------------------------------------------------
     def warmup_critic(self, scored: Scored) -> dict:
         """One warm-up buffer: actor frozen (= p_SFT), critic regresses on the GAE returns."""
-        values = critic_values(self.roles.critic, scored.batch)
+        values = in_chunks(lambda b: critic_values(self.roles.critic, b), scored.batch, self.forward_batch_size)
         exp = build_experience(scored, scored.logp_sft, values, self.normalizer, self.cfg)
         _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
         stats = [self._critic_step(exp, idx) for _ in range(self.cfg.ppo_epochs) for idx in self._minibatches(exp)]
@@ -102,9 +103,10 @@ class PPOTrainer:
         prompts, groups = repeat_prompts(prompts, self.cfg.group_size, self.device)
         gens = self.engine.generate(prompts, self.sampling)
         t1 = time.perf_counter()
-        scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device)
+        scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device,
+                       self.forward_batch_size)
         exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg,
-                              self.sampling.temperature, groups)
+                              self.sampling.temperature, groups, self.forward_batch_size)
         exp.info.update(engine_logprob_gap(gens, exp.logp_old, exp.batch))
         _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
         t2 = time.perf_counter()
@@ -127,26 +129,43 @@ class PPOTrainer:
         return [distributed.shard(mb) for mb in perm.split(self.cfg.mini_batch_size)]
 
     def _actor_step(self, exp: Experience, idx) -> dict:
-        mb, mask = _rows(exp.batch, idx), exp.mask[idx]
-        logp, entropy = token_logprobs(self.roles.actor, mb, with_entropy=True, temperature=self.sampling.temperature)
-        loss, metrics = policy_loss(logp, exp.logp_old[idx], exp.advantages[idx], mask, self.cfg.clip_eps)
-        _check_finite("policy loss", loss, exp, self.dump_dir)
-        metrics["entropy"] = masked_mean(entropy, mask).item()
-        n_local = float(mask.sum())
-        n_global = distributed.all_sum(n_local)
-        grad_norm = self.actor_step.backward_step(loss * distributed.loss_share(n_local, n_global))
+        def loss_fn(micro):
+            mb, mask = _rows(exp.batch, micro), exp.mask[micro]
+            logp, entropy = token_logprobs(self.roles.actor, mb, with_entropy=True,
+                                           temperature=self.sampling.temperature)
+            loss, metrics = policy_loss(logp, exp.logp_old[micro], exp.advantages[micro], mask, self.cfg.clip_eps)
+            _check_finite("policy loss", loss, exp, self.dump_dir)
+            metrics["entropy"] = masked_mean(entropy, mask).item()
+            return loss, metrics
+        metrics, grad_norm = self._update(self.actor_step, exp, idx, loss_fn)
         self.actor_changed = True
-        return {**_global(metrics, n_local, n_global), "actor_grad_norm": grad_norm}
+        return {**metrics, "actor_grad_norm": grad_norm}
 
     def _critic_step(self, exp: Experience, idx) -> dict:
-        mb, mask = _rows(exp.batch, idx), exp.mask[idx]
-        values = self.roles.critic(mb.input_ids, mb.attention_mask)[:, :-1]
-        loss, metrics = value_loss(values, exp.values[idx], exp.returns[idx], mask, self.cfg.value_clip)
-        _check_finite("value loss", loss, exp, self.dump_dir)
-        n_local = float(mask.sum())
-        n_global = distributed.all_sum(n_local)
-        self.critic_step.backward_step(loss * distributed.loss_share(n_local, n_global))
-        return _global(metrics, n_local, n_global)
+        def loss_fn(micro):
+            mb, mask = _rows(exp.batch, micro), exp.mask[micro]
+            values = self.roles.critic(mb.input_ids, mb.attention_mask)[:, :-1]
+            loss, metrics = value_loss(values, exp.values[micro], exp.returns[micro], mask, self.cfg.value_clip)
+            _check_finite("value loss", loss, exp, self.dump_dir)
+            return loss, metrics
+        return self._update(self.critic_step, exp, idx, loss_fn)[0]
+
+    def _update(self, stepper: Stepper, exp: Experience, idx, loss_fn) -> tuple[dict, float | None]:
+        """One optimizer step on this rank's rows `idx` of a mini-batch, `ppo.micro_batch_size` rows per
+        forward with gradient accumulation; each micro-batch's token-mean loss is weighted by its share
+        of the mini-batch's tokens on all ranks, so the step equals one over the whole mini-batch."""
+        micros = idx.split(self.cfg.micro_batch_size) if self.cfg.micro_batch_size else [idx]
+        n_global = distributed.all_sum(float(exp.mask[idx].sum()))
+        parts, grad_norm = [], None
+        for k, micro in enumerate(micros):
+            loss, metrics = loss_fn(micro)
+            n = float(exp.mask[micro].sum())
+            grad_norm = stepper.backward_step(loss * distributed.loss_share(n, n_global), boundary=k == len(micros) - 1)
+            parts.append((metrics, n))
+        n_local = sum(n for _, n in parts)
+        merged = parts[0][0] if len(parts) == 1 else {
+            key: sum(m[key] * n for m, n in parts) / max(n_local, 1.0) for key in parts[0][0]}
+        return _global(merged, n_local, n_global), grad_norm
 
 
 def repeat_prompts(prompts: list[list[int]], group_size: int, device) -> tuple[list[list[int]], torch.Tensor | None]:
