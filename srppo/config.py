@@ -233,10 +233,24 @@ class PPOConfig(Section):
         return self
 
 
+class BenchmarkConfig(Section):
+    """The paper's benchmarks through lm-evaluation-harness, offline from local files (null = skip)."""
+
+    gsm8k_test: str | None = Field(None, description="GSM8K test JSONL (question, answer with '#### N').")
+    gsm8k_train: str | None = Field(None, description="GSM8K train JSONL for the 5 few-shot examples; "
+                                    "null = draw them from the test file.")
+    ifeval: str | None = Field(None, description="IFEval input_data.jsonl (key, prompt, instruction_id_list, kwargs).")
+    limit: int | None = Field(None, ge=1, description="First N examples of each benchmark (subsample on CPU).")
+    gsm8k_max_tokens: int = Field(256, ge=1, description="Generation budget per GSM8K answer (lm-eval: 256).")
+    ifeval_max_tokens: int = Field(1280, ge=1, description="Generation budget per IFEval answer (lm-eval: 1280).")
+    batch_size: int = Field(8, ge=1)
+
+
 class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
     models: list[Literal["pretrained", "sft", "srppo"]] = ["pretrained", "sft", "srppo"]
+    benchmarks: BenchmarkConfig = BenchmarkConfig()
 
 
 class Params(Section):

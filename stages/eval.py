@@ -10,6 +10,7 @@ from srppo import plots
 from srppo.data.records import read_jsonl, write_jsonl
 from srppo.evaluate import HEADLINE, generate_responses, markdown_table, score_items, summarise
 from srppo.io import write_json, write_text_atomic
+from srppo.lmeval import benchmark_table, run_benchmarks
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.roles import frozen, prompt_ids, rollout_engine
 from srppo.runner import Timer, load, log, progress
@@ -38,6 +39,13 @@ def main(base_dir, sft_dir, ppo_dir, eval_path, out_dir, metrics_path) -> None:
         results[name] = summarise(rows)
         rows_all += [{"model": name, **r} for r in rows]
         log("eval", f"{name}: strict {results[name]['strict_acc']}, arithmetic {results[name]['arithmetic_em']}")
+    with timer.phase("lm-eval benchmarks"):
+        bench = run_benchmarks(cfg.benchmarks, {n: paths[n] for n in cfg.models}, Path("data/cache/lm_eval"),
+                               device.type, params.runtime.dtype, params.runtime.seed, lambda m: log("eval", m))
+    for name, per_task in bench.items():
+        results[name]["benchmarks"] = per_task
+    if bench:
+        write_text_atomic(out / "benchmarks.md", benchmark_table(bench))
     write_jsonl(out / "responses.jsonl", rows_all)
     table = markdown_table(results)
     write_text_atomic(out / "table.md", table)
