@@ -126,6 +126,20 @@ class SFTConfig(Section):
         "(the default's 72 steps checkpoint 3 times); 0 = off. A rerun resumes from the latest.")
 
 
+class SPINConfig(Section):
+    """The SPIN baseline (Table 1): DPO with demonstrations as chosen and the current model's samples as
+    rejected, the previous iterate as the frozen opponent. Library-level for now (srppo/spin.py)."""
+
+    iterations: int = Field(2, ge=1, description="SPIN iterations (paper's SPIN baseline: iterations 0-3).")
+    epochs: int = Field(1, ge=1, description="DPO passes over each iteration's pairs.")
+    lr: float = Field(5e-7, gt=0, description="SPIN's published rate at 7B; a 135M model needs more.")
+    beta: float = Field(0.1, gt=0, description="DPO temperature (SPIN: 0.1).")
+    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
+    max_new_tokens: int = Field(48, ge=1, description="Token budget of the model's own (rejected) samples.")
+    temperature: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
 class CalibrateConfig(Section):
     """Measures the coherent reward before PPO and writes its normalisation explicitly."""
 

@@ -8,8 +8,14 @@ assumed, never checked, and only demonstration prompts can be used.
 
 from __future__ import annotations
 
+import random
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from srppo.data.chat import collate
+from srppo.logprobs import sequence_logprob, token_logprobs
 
 
 def spin_loss(policy_chosen_logp: torch.Tensor, policy_rejected_logp: torch.Tensor,
@@ -32,3 +38,55 @@ def spin_loss(policy_chosen_logp: torch.Tensor, policy_rejected_logp: torch.Tens
                    "reward_rejected": rejected.mean().item(), "reward_margin": margin.mean().item(),
                    "reward_accuracy": (margin > 0).float().mean().item()}
     return loss, metrics
+
+
+def sequence_logps(model, tok, prompts: list[list[int]], responses: list[list[int]], device) -> torch.Tensor:
+    """(B,) log p(response | prompt) summed over response tokens: DPO's sequence log-likelihood."""
+    batch = collate(prompts, responses, tok.pad_token_id).to(device)
+    return sequence_logprob(token_logprobs(model, batch), batch.action_mask)
+
+
+def spin_pairs(engine, encoded: list[tuple], sampling) -> list[tuple]:
+    """(prompt, demonstration, own sample) for every demonstration: the iteration's synthetic pairs."""
+    gens = engine.generate([p for p, _ in encoded], sampling)
+    return [(p, chosen, g.response_ids) for (p, chosen), g in zip(encoded, gens)]
+
+
+@torch.no_grad()
+def reference_logps(ref, tok, pairs: list[tuple], batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The opponent's log-probs of both sides, computed once per iteration (it is frozen)."""
+    chosen, rejected = [], []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s : s + batch_size]
+        chosen.append(sequence_logps(ref, tok, [p for p, _, _ in chunk], [c for _, c, _ in chunk], device))
+        rejected.append(sequence_logps(ref, tok, [p for p, _, _ in chunk], [r for _, _, r in chunk], device))
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def train_spin_iteration(model, ref, tok, pairs: list[tuple], cfg, optimizer, seed: int,
+                         on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """DPO epochs over this iteration's pairs against the frozen previous iterate `ref`."""
+    device = next(model.parameters()).device
+    ref_chosen, ref_rejected = reference_logps(ref, tok, pairs, cfg.batch_size, device)
+    rng = random.Random(seed)
+    history = []
+    model.train()
+    for _ in range(cfg.epochs):
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            prompts = [pairs[i][0] for i in idx]
+            pc = sequence_logps(model, tok, prompts, [pairs[i][1] for i in idx], device)
+            pr = sequence_logps(model, tok, prompts, [pairs[i][2] for i in idx], device)
+            loss, metrics = spin_loss(pc, pr, ref_chosen[idx], ref_rejected[idx], cfg.beta)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"SPIN loss is {loss.item()} on demo rows {[i + 1 for i in idx]}; lower spin.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+            optimizer.step()
+            history.append(metrics)
+            if on_step:
+                on_step(metrics)
+    return history

@@ -291,3 +291,29 @@ def test_spin_loss_at_the_reference_is_log_two():
     loss, m = spin_loss(logp, logp - 2, logp, logp - 2)  # default beta 0.1; policy = opponent
     assert loss.item() == pytest.approx(math.log(2))
     assert m["reward_margin"] == 0 and m["reward_accuracy"] == 0
+
+
+def test_spin_iteration_prefers_demonstrations_and_leaves_the_opponent_frozen(tiny_sft_dir):
+    from srppo.config import SPINConfig
+    from srppo.data.chat import encode_prompt, encode_response
+    from srppo.models import load_causal_lm, load_tokenizer, param_fingerprint
+    from srppo.rollout.engine import SamplingParams, make_engine
+    from srppo.spin import spin_pairs, train_spin_iteration
+
+    cpu = torch.device("cpu")
+    tok = load_tokenizer(tiny_sft_dir)
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_sft_dir, cpu, torch.float32, trainable=True)
+    ref = load_causal_lm(tiny_sft_dir, cpu, torch.float32).eval()
+    demos = [([{"role": "user", "content": f"Say the number {i}."}], f"The number is {i}.") for i in range(4)]
+    encoded = [(p := encode_prompt(tok, m), encode_response(tok, m, r, p)) for m, r in demos]
+    pairs = spin_pairs(make_engine("hf", model, tok, 4), encoded, SamplingParams(max_new_tokens=8))
+    assert all(chosen != rejected for _, chosen, rejected in pairs)
+    ref0 = param_fingerprint(ref)
+    cfg = SPINConfig(epochs=6, lr=1e-3, batch_size=4)
+    history = train_spin_iteration(model, ref, tok, pairs, cfg, torch.optim.AdamW(model.parameters(), lr=cfg.lr), 0)
+    assert len(history) == 6
+    assert history[0]["spin_loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy = opponent at the start
+    assert history[-1]["spin_loss"] < history[0]["spin_loss"]
+    assert history[-1]["reward_margin"] > 0 and history[-1]["reward_accuracy"] == 1.0
+    assert param_fingerprint(ref) == ref0
