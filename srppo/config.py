@@ -260,11 +260,27 @@ class BenchmarkConfig(Section):
     batch_size: int = Field(8, ge=1)
 
 
+class JudgeConfig(Section):
+    """AlpacaEval-style win rate against reference outputs, judged by an OpenAI-compatible endpoint
+    (null endpoint = skip). The API key is read from the environment variable named here, never from params."""
+
+    endpoint: str | None = Field(None, description="Base URL, e.g. http://127.0.0.1:8000/v1 (`vllm serve`) "
+                                 "or https://api.openai.com/v1.")
+    model: str = Field("gpt-4-1106-preview", description="Judge model name at the endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key (may be unset).")
+    instructions: str | None = Field(None, description="JSONL with `prompt` and the reference field "
+                                     "(e.g. AlpacaEval's 805 instructions).")
+    reference_field: str = Field("reference_gpt4_1106_preview", description="Field holding the reference output.")
+    limit: int | None = Field(None, ge=1, description="First N instructions (subsample on CPU).")
+    max_new_tokens: int = Field(512, ge=1, description="Generation budget per answer.")
+
+
 class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
     models: list[Literal["pretrained", "sft", "srppo"]] = ["pretrained", "sft", "srppo"]
     benchmarks: BenchmarkConfig = BenchmarkConfig()
+    judge: JudgeConfig = JudgeConfig()
 
 
 class Params(Section):

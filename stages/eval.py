@@ -10,10 +10,18 @@ from srppo import plots
 from srppo.data.records import read_jsonl, write_jsonl
 from srppo.evaluate import HEADLINE, generate_responses, markdown_table, score_items, summarise
 from srppo.io import write_json, write_text_atomic
+from srppo.judge import judge_outputs, load_instructions
 from srppo.lmeval import benchmark_table, run_benchmarks
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.roles import frozen, prompt_ids, rollout_engine
 from srppo.runner import Timer, load, log, progress
+
+
+def judged_win_rate(cfg, engine, tok, items: list[dict], seed: int) -> dict:
+    with progress(len(items), "answers for the judge") as bar:
+        outputs = generate_responses(engine, tok, items, cfg.max_new_tokens, progress=bar)
+    with progress(len(items), "judge") as bar:
+        return judge_outputs(cfg, items, outputs, seed, progress=bar)
 
 
 def main(base_dir, sft_dir, ppo_dir, eval_path, out_dir, metrics_path) -> None:
@@ -27,6 +35,8 @@ def main(base_dir, sft_dir, ppo_dir, eval_path, out_dir, metrics_path) -> None:
     prompt_ids(load_tokenizer(first), items, eval_path, cfg.max_new_tokens, context_length(first))
     out = Path(out_dir)
     results, rows_all = {}, []
+    judged = load_instructions(cfg.judge.instructions, cfg.judge.reference_field, cfg.judge.limit) \
+        if cfg.judge.endpoint and cfg.judge.instructions else []
     for name in cfg.models:
         with timer.phase(f"generate + check: {name}"), progress(len(items), f"eval {name}") as bar:
             tok = load_tokenizer(paths[name])
@@ -34,9 +44,14 @@ def main(base_dir, sft_dir, ppo_dir, eval_path, out_dir, metrics_path) -> None:
             engine = rollout_engine(params.rollouts, model, tok, paths[name], params.runtime.seed, dtype,
                                     cfg.batch_size)
             rows = score_items(items, generate_responses(engine, tok, items, cfg.max_new_tokens, progress=bar))
+            if judged:
+                win = judged_win_rate(cfg.judge, engine, tok, judged, params.runtime.seed)
             engine.close()
             del model
         results[name] = summarise(rows)
+        if judged:
+            results[name]["alpaca_eval"] = win
+            log("eval", f"{name}: win rate {win['win_rate']:.1f}, LC {win['lc_win_rate']:.1f} vs references")
         rows_all += [{"model": name, **r} for r in rows]
         log("eval", f"{name}: strict {results[name]['strict_acc']}, arithmetic {results[name]['arithmetic_em']}")
     with timer.phase("lm-eval benchmarks"):

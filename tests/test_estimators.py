@@ -317,3 +317,4 @@ def test_spin_iteration_prefers_demonstrations_and_leaves_the_opponent_frozen(ti
     assert history[-1]["spin_loss"] < history[0]["spin_loss"]
     assert history[-1]["reward_margin"] > 0 and history[-1]["reward_accuracy"] == 1.0
     assert param_fingerprint(ref) == ref0
+

@@ -134,3 +134,59 @@ def test_smoke_preset_runs_with_the_vllm_engine(tmp_path, vllm_pt):
     assert ppo["weight_sync_seconds_mean"] > 0
     assert ppo["engine_logprob_gap_max"] < TOL
     assert set(json.loads((repo / "metrics" / "eval.json").read_text())) >= {"pretrained", "sft", "srppo"}
+
+
+@pytest.fixture()
+def judge_server(vllm_pt, tmp_path):
+    """`vllm serve` with the tiny model on 127.0.0.1: a real OpenAI-compatible judge endpoint."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(vllm_pt),
+                             "--served-model-name", "judge", "--host", "127.0.0.1", "--port", str(port),
+                             "--dtype", "float32", "--enforce-eager", "--max-model-len", "256"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise RuntimeError("vllm serve did not come up in 240 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def test_alpacaeval_style_win_rate_against_a_live_local_judge(judge_server):
+    from srppo.judge import PROMPT, ask, letter_preference, win_rate
+
+    items = [{"instruction": "Name a color.", "output": "Blue.", "reference": "Red is a color."},
+             {"instruction": "Say hi.", "output": "Hi there!", "reference": "Hello."},
+             {"instruction": "Count to three.", "output": "1 2 3", "reference": "One, two, three."}]
+    # the server answers the request the judge sends: one token with its top-5 log-probs
+    choice = ask(judge_server, "judge", PROMPT.format(instruction="Say hi.", a="Hi!", b="Hello."))
+    assert len(choice["logprobs"]["content"][0]["top_logprobs"]) == 5
+    pref = letter_preference(choice, "a")
+    assert pref is None or 0.0 <= pref <= 1.0
+    # the tiny judge's opinion is noise (it rarely says a or b: those count as ties); the plumbing is not
+    result = win_rate(judge_server, "judge", items, seed=0)
+    assert result["n"] == 3 and 0 <= result["unparsed"] <= 3
+    assert 0.0 <= result["win_rate"] <= 100.0 and 0.0 <= result["lc_win_rate"] <= 100.0
+    assert result["mean_length"] == pytest.approx(sum(len(i["output"]) for i in items) / 3)
