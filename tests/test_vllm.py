@@ -121,14 +121,22 @@ def test_ppo_iterations_sync_weights_and_keep_logprobs_consistent(vllm_pt, vllm_
         assert math.isfinite(stats["policy_loss"])
 
 
-@pytest.mark.slow
-def test_smoke_preset_runs_with_the_vllm_engine(tmp_path, vllm_pt):
+@pytest.fixture(scope="module")
+def vllm_repo(tmp_path_factory, vllm_pt):
+    """The smoke preset through `dvc repro` with every sampling stage on vLLM."""
     from test_pipeline import make_repo, run, stages_run
 
     # eval of p_SFT and SRPPO only: every engine start costs ~7 s here, and the HF run covers all three
-    repo = make_repo(tmp_path, vllm_pt, {"rollouts": {"engine": "vllm"}, "eval": {"models": ["sft", "srppo"]}})
+    repo = make_repo(tmp_path_factory.mktemp("vllm_repo"), vllm_pt,
+                     {"rollouts": {"engine": "vllm"}, "eval": {"models": ["sft", "srppo"]}})
     out = run(["dvc", "repro"], repo)
     assert stages_run(out) == {"base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"}
+    return repo
+
+
+@pytest.mark.slow
+def test_smoke_preset_runs_with_the_vllm_engine(vllm_repo):
+    repo = vllm_repo
     assert json.loads((repo / "metrics" / "rollouts.json").read_text())["engine"] == "vllm"
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert ppo["engine"] == "vllm" and ppo["iterations"] == 2
@@ -191,3 +199,23 @@ def test_alpacaeval_style_win_rate_against_a_live_local_judge(judge_server):
     assert result["n"] == 3 and 0 <= result["unparsed"] <= 3
     assert 0.0 <= result["win_rate"] <= 100.0 and 0.0 <= result["lc_win_rate"] <= 100.0
     assert result["mean_length"] == pytest.approx(sum(len(i["output"]) for i in items) / 3)
+
+
+@pytest.mark.slow
+def test_two_processes_each_sample_half_the_buffer_and_match_one(vllm_repo):
+    """ZeRO-2 over 2 processes, each with its own vLLM engine sampling every other row of a buffer:
+    per-request seeds make the exchanged buffer, and so the PPO curves, equal to one process's."""
+    from test_deepspeed import PPO, REASON as NO_DEEPSPEED, curve, run_stage
+
+    if NO_DEEPSPEED:
+        pytest.skip(NO_DEEPSPEED)
+    repo = vllm_repo
+    for name in ("single", "zero2x2"):
+        run_stage(repo, name, PPO, ["ppo", "ppo.json", "ppo_curves.csv"])
+    keys = ["reward_raw", "kl", "policy_loss", "value_loss", "response_length"]
+    single, double = (curve(repo / "out" / n / "ppo_curves.csv", keys) for n in ("single", "zero2x2"))
+    assert len(single) == len(double) == 3
+    for a, b in zip(single, double):
+        for key, value in a.items():
+            assert b[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+    assert json.loads((repo / "out" / "zero2x2" / "ppo.json").read_text())["processes"] == 2

@@ -68,8 +68,9 @@ class PPOTrainer:
                  ds_actor: dict | None = None, ds_critic: dict | None = None, forward_batch_size: int | None = None):
         """`ds_actor`/`ds_critic`: DeepSpeed configs (srppo.distributed) or None for plain torch.
 
-        Every rank samples and scores the whole buffer (same seeds, same results); each PPO
-        mini-batch is split across ranks, with losses scaled to the global token mean.
+        Every rank holds the whole buffer (a row-seeded engine samples 1/N of it per rank, others all
+        of it; same seeds, same results) and scores all of it; each PPO mini-batch is split across
+        ranks, with losses scaled to the global token mean.
         """
         self.roles, self.engine, self.tok, self.cfg = roles, engine, tok, cfg
         self.forward_batch_size = forward_batch_size  # rows per no-grad forward: bounds the logits' memory
@@ -101,7 +102,7 @@ class PPOTrainer:
             with distributed.gathered(self.roles.actor):  # ZeRO-3: full weights for the engine's copy
                 sync_s = self.engine.sync_weights(self.roles.actor)
         prompts, groups = repeat_prompts(prompts, self.cfg.group_size, self.device)
-        gens = self.engine.generate(prompts, self.sampling)
+        gens = distributed.generate_sharded(self.engine, prompts, self.sampling)
         t1 = time.perf_counter()
         scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device,
                        self.forward_batch_size)

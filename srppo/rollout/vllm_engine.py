@@ -67,7 +67,12 @@ class VLLMEngine:
         self.llm = LLM(**_engine_args(model_path, options, seed, dtype))
         self.last_sync_seconds = 0.0
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams, progress=None) -> list[Generation]:
+    # a row's sample depends only on (seed, call, row): ranks can each sample a share of a buffer
+    row_seeded = True
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, progress=None,
+                 rows: list[int] | None = None) -> list[Generation]:
+        """`rows`: each prompt's index in the whole buffer when this process samples only a share of it."""
         from vllm import SamplingParams as VSampling
         from vllm.inputs import TokensPrompt
 
@@ -80,7 +85,8 @@ class VLLMEngine:
         for start in range(0, len(prompts), self.batch_size):  # chunks only to drive the progress bar
             chunk = prompts[start : start + self.batch_size]
             requests = [TokensPrompt(prompt_token_ids=list(p)) for p in chunk]
-            sampling = [VSampling(**common, **sample, seed=base + start + i) for i in range(len(chunk))]
+            ids = rows[start : start + len(chunk)] if rows is not None else range(start, start + len(chunk))
+            sampling = [VSampling(**common, **sample, seed=base + row) for row in ids]
             for p, res in zip(chunk, self.llm.generate(requests, sampling, use_tqdm=False)):
                 out.append(_to_generation(p, res.outputs[0], self.tok.eos_token_id, params.max_new_tokens))
             if progress is not None:
