@@ -20,7 +20,7 @@ import os
 import random
 import urllib.request
 
-from srppo.data.records import DataError
+from srppo.data.records import require_str, scan_jsonl
 
 PROMPT = """Which output follows the instruction better? Answer with a single letter: a or b.
 
@@ -115,21 +115,10 @@ def win_rate(endpoint: str, judge_model: str, items: list[dict], seed: int = 0, 
 def load_instructions(path: str, reference_field: str, limit: int | None) -> list[dict]:
     """Instructions with their reference outputs; a row without them is named before any generation."""
     items = []
-    with open(path, encoding="utf-8") as f:
-        for row, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} row {row}: not valid JSON ({err.msg})") from None
-            for field in ("prompt", reference_field):
-                if not isinstance(rec.get(field), str) or not rec[field].strip():
-                    raise DataError(f"{path} row {row}: field '{field}' is missing or empty")
-            items.append({"id": str(rec.get("id", row)), "messages": [{"role": "user", "content": rec["prompt"]}],
-                          "instruction": rec["prompt"], "reference": rec[reference_field]})
-            if limit and len(items) == limit:
-                break
+    for row, rec in scan_jsonl(path)[:limit]:
+        prompt = require_str(rec, "prompt", path, row)
+        items.append({"id": str(rec.get("id", row)), "messages": [{"role": "user", "content": prompt}],
+                      "instruction": prompt, "reference": require_str(rec, reference_field, path, row)})
     return items
 
 

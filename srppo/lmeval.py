@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from srppo.data.records import DataError
+from srppo.data.records import DataError, scan_jsonl
 
 GSM8K = "srppo_gsm8k"
 IFEVAL = "srppo_ifeval"
@@ -69,21 +69,10 @@ def _ifeval_yaml(data: Path, max_gen_toks: int) -> str:
 
 def check_jsonl(path: Path, fields: list[str]) -> None:
     """Fail before loading a model: lm-eval's own errors on a bad row are far from the file."""
-    import json
-
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for row, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} row {row}: not valid JSON ({err.msg})") from None
-            for field in fields:
-                if field not in rec:
-                    raise DataError(f"{path} row {row}: missing field '{field}'")
+    for row, rec in scan_jsonl(path):
+        for field in fields:
+            if field not in rec:
+                raise DataError(path, row, field, "is missing")
 
 
 def write_tasks(out: Path, gsm8k_test: Path | None = None, gsm8k_train: Path | None = None,

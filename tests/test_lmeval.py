@@ -67,5 +67,5 @@ def test_gsm8k_and_ifeval_run_offline_on_the_tiny_model(tmp_path, tiny_dir, offl
 def test_bad_benchmark_file_is_named_before_any_model_loads(tmp_path):
     bad = tmp_path / "ifeval.jsonl"
     bad.write_text('{"key": 1, "prompt": "x", "kwargs": [{}]}\n')
-    with pytest.raises(DataError, match=r"ifeval.jsonl row 1: missing field 'instruction_id_list'"):
+    with pytest.raises(DataError, match=r"ifeval.jsonl row 1: field 'instruction_id_list' is missing"):
         write_tasks(tmp_path / "tasks", ifeval=bad)
