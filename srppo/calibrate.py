@@ -14,12 +14,12 @@ from srppo.ppo.experience import score
 from srppo.rewards import RewardNormalizer
 
 
-def rewards_of(gens, sft, pt, pad_id, device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coherent reward and response length of each generation, scored in batches."""
+def rewards_of(gens, sft, pt, pad_id, device, batch_size: int, reward_model=None) -> tuple[np.ndarray, np.ndarray]:
+    """Reward (coherent, or the reward model's) and response length of each generation, in batches."""
     rewards, lengths = [], []
     for start in range(0, len(gens), batch_size):
         chunk = gens[start : start + batch_size]
-        s = score(chunk, sft, pt, pad_id, device)
+        s = score(chunk, sft, pt, pad_id, device, reward_model=reward_model)
         rewards.extend(s.reward_raw.tolist())
         lengths.extend(len(g.response_ids) for g in chunk)
     return np.array(rewards), np.array(lengths)

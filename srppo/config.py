@@ -8,6 +8,7 @@ CPU); `configs/*.yaml` presets override them. Paper references point at arXiv 25
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -127,18 +128,51 @@ class SFTConfig(Section):
 
 
 class SPINConfig(Section):
-    """The SPIN baseline (Table 1): DPO with demonstrations as chosen and the current model's samples as
-    rejected, the previous iterate as the frozen opponent. Library-level for now (srppo/spin.py)."""
+    """The SPIN baseline (Table 1, stage `spin` of comparison/dvc.yaml): DPO with demonstrations as chosen
+    and the current model's samples as rejected, the previous iterate as the frozen opponent."""
 
     iterations: int = Field(2, ge=1, description="SPIN iterations (paper's SPIN baseline: iterations 0-3).")
     epochs: int = Field(1, ge=1, description="DPO passes over each iteration's pairs.")
-    lr: float = Field(5e-7, gt=0, description="SPIN's published rate at 7B; a 135M model needs more.")
+    lr: float = Field(2e-6, gt=0, description="SPIN's published rate is 5e-7 at 7B; a 135M model needs more.")
     beta: float = Field(0.1, gt=0, description="DPO temperature (SPIN: 0.1).")
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
     max_new_tokens: int = Field(48, ge=1, description="Token budget of the model's own (rejected) samples.")
     temperature: float = Field(1.0, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
 
+
+class RewardModelConfig(Section):
+    """The preference reward model of the RM-PPO baseline (stage `reward_model` of comparison/dvc.yaml).
+
+    p_SFT samples `samples_per_prompt` answers to each demonstration prompt; the testbed's checkers rank
+    them (and the demonstration); a Bradley-Terry model initialised from p_SFT learns the ranking. It sees
+    the same prompts as SFT, so it gets no data the coherent reward lacks, only preference labels.
+    """
+
+    samples_per_prompt: int = Field(4, ge=2, description="p_SFT samples per demonstration prompt.")
+    include_demos: bool = Field(True, description="The demonstration itself is one of the ranked answers.")
+    max_pairs_per_prompt: int = Field(4, ge=1, description="Preference pairs kept per prompt (better, worse).")
+    epochs: int = Field(1, ge=1, description="Passes over the pairs.")
+    lr: float = Field(1e-5, gt=0)
+    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
+    max_new_tokens: int = Field(48, ge=1, description="Token budget of the sampled answers.")
+    temperature: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class RewardConfig(Section):
+    """What PPO optimises: the coherent reward (SRPPO) or an external preference reward model (RM-PPO)."""
+
+    source: Literal["coherent", "model"] = Field(
+        "coherent", description="'coherent': Eq. (3), log p_SFT - log p_PT. 'model': the score of the sequence-"
+        "classification reward model at `model_path` (the RM-PPO baseline), read at the last response token.")
+    model_path: str | None = Field(None, description="Directory of the reward model (safetensors) for source 'model'.")
+
+    @model_validator(mode="after")
+    def _model_needs_path(self):
+        if self.source == "model" and not self.model_path:
+            raise ValueError("reward.source='model' needs reward.model_path (a sequence-classification model)")
+        return self
 
 class CalibrateConfig(Section):
     """Measures the coherent reward before PPO and writes its normalisation explicitly."""
@@ -278,7 +312,9 @@ class JudgeConfig(Section):
 class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
-    models: list[Literal["pretrained", "sft", "srppo"]] = ["pretrained", "sft", "srppo"]
+    models: list[Literal["pretrained", "sft", "srppo", "sft_extended", "spin", "rm_ppo"]] = Field(
+        ["pretrained", "sft", "srppo"], description="Models to evaluate, by the names the eval stage is given "
+        "(dvc.yaml: pretrained, sft, srppo; comparison/dvc.yaml adds the baselines).")
     benchmarks: BenchmarkConfig = BenchmarkConfig()
     judge: JudgeConfig = JudgeConfig()
 
@@ -290,8 +326,11 @@ class Params(Section):
     sft: SFTConfig = SFTConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
     rollouts: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
     eval: EvalConfig = EvalConfig()
+    spin: SPINConfig = SPINConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
 
     @model_validator(mode="after")
     def _cross_section(self):
@@ -305,6 +344,9 @@ class Params(Section):
         if self.sft.batch_size < n or self.ppo.mini_batch_size % n:
             raise ValueError(f"with runtime.num_processes={n}, sft.batch_size ({self.sft.batch_size}) must be at "
                              f"least {n} and ppo.mini_batch_size ({self.ppo.mini_batch_size}) a multiple of it")
+        if self.reward.source == "model" and self.ppo.reward_mode == "token":
+            raise ValueError("ppo.reward_mode='token' is the coherent reward's per-token log-ratio: it needs "
+                             "reward.source='coherent'")
         if self.ppo.critic_warmup_buffers > self.rollouts.n_buffers:
             raise ValueError(f"ppo.critic_warmup_buffers ({self.ppo.critic_warmup_buffers}) exceeds "
                              f"rollouts.n_buffers ({self.rollouts.n_buffers})")
@@ -346,7 +388,8 @@ def validate(raw: dict, source: str = "params") -> Params:
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", overrides: str = "") -> Params:
+    """The params file, with `overrides` ("a.b=1 c.d=[x, y]", see `parse_overrides`) laid over it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found")
@@ -354,7 +397,34 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return validate(raw, str(path))
+    source = f"{path} with overrides {overrides!r}" if overrides.strip() else str(path)
+    return validate(deep_merge(raw or {}, parse_overrides(overrides)), source)
+
+
+def parse_overrides(text: str) -> dict:
+    """'runtime.seed=1 eval.models=[sft, spin]' -> nested dict; values are YAML.
+
+    Items are separated by ' key=' boundaries, so a value may hold spaces (a YAML list, a path).
+    The comparison grid passes its per-cell settings this way (SRPPO_SET in the stage command), which
+    keeps them in the command DVC hashes while every cell shares one params.yaml.
+    """
+    out: dict = {}
+    for item in re.split(r"\s+(?=[A-Za-z_][\w.]*=)", text.strip()) if text.strip() else []:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from None
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is set to a value and used as a section")
+        node[leaf] = parsed
+    return out
 
 
 def deep_merge(base: dict, override: dict) -> dict:

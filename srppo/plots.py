@@ -64,3 +64,29 @@ def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def bars_with_errors(summary: dict, path: Path, title: str) -> None:
+    """One panel per setup: a group of bars per column, a bar per method, mean with a +-1 std whisker.
+
+    `summary`: {setup: {method: {column: {"mean", "std", "n"}}}} (srppo.compare.summarise).
+    """
+    import numpy as np
+
+    setups = list(summary)
+    fig, axes = plt.subplots(len(setups), 1, figsize=(11, 3.6 * len(setups)), squeeze=False)
+    for ax, setup in zip(axes[:, 0], setups):
+        methods = list(summary[setup])
+        cols = list(dict.fromkeys(c for m in methods for c in summary[setup][m]))
+        width, x = 0.8 / max(1, len(methods)), np.arange(len(cols))
+        for i, m in enumerate(methods):
+            cells = [summary[setup][m].get(c) for c in cols]
+            ax.bar(x + i * width - 0.4 + width / 2, [c["mean"] if c else 0 for c in cells], width,
+                   yerr=[c["std"] if c else 0 for c in cells], capsize=2, label=m)
+        ax.set_xticks(x, cols, rotation=15, fontsize=9)
+        ax.set_ylabel("%")
+        ax.set_title(f"{title}: {setup} overlap")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, ncol=len(methods))
+    fig.tight_layout()
+    _save(fig, path)

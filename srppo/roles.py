@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from srppo.config import RolloutConfig
+from srppo.config import RewardConfig, RolloutConfig
 from srppo.data.chat import encode_prompt, encode_response
 from srppo.data.records import DataError
 from srppo.models import load_causal_lm
@@ -48,3 +48,12 @@ def demo_generations(tok, records: list[dict]) -> list[Generation]:
         p = encode_prompt(tok, r["messages"])
         out.append(Generation(p, encode_response(tok, r["messages"], r["response"], p), truncated=False))
     return out
+
+
+def reward_model_or_none(cfg: RewardConfig, device, dtype):
+    """The frozen reward model when PPO optimises one (RM-PPO), else None (the coherent reward)."""
+    if cfg.source != "model":
+        return None
+    from srppo.reward_model import load_reward_model
+
+    return load_reward_model(cfg.model_path, device, dtype).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -10,10 +11,21 @@ from pathlib import Path
 from srppo.config import ConfigError, Params, load_params
 
 
+OVERRIDES_ENV = "SRPPO_SET"
+
+
 def load(params_path: str | Path = "params.yaml") -> Params:
-    """Validate the whole params file up front: a typo anywhere fails before any work starts."""
+    """Validate the whole params file up front: a typo anywhere fails before any work starts.
+
+    $SRPPO_SET ("runtime.seed=1 prepare.overlap=medium") is laid over the file: the comparison grid's
+    stage commands set it per cell.
+    """
+    overrides = os.environ.get(OVERRIDES_ENV, "")
     try:
-        return load_params(params_path)
+        params = load_params(params_path, overrides)
+        if overrides.strip():
+            log("params", f"{params_path} with {OVERRIDES_ENV}={overrides}")
+        return params
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -44,8 +56,6 @@ class Timer:
 def progress(total: int, desc: str, unit: str = "it"):
     """A tqdm bar on stderr, which DVC streams through; redrawn at most every 2 s to keep logs short."""
     from tqdm.auto import tqdm
-
-    import os
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=2.0,
                 disable=os.environ.get("RANK", "0") != "0")  # one bar per stage, not per process

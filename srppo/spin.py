@@ -46,9 +46,9 @@ def sequence_logps(model, tok, prompts: list[list[int]], responses: list[list[in
     return sequence_logprob(token_logprobs(model, batch), batch.action_mask)
 
 
-def spin_pairs(engine, encoded: list[tuple], sampling) -> list[tuple]:
+def spin_pairs(engine, encoded: list[tuple], sampling, progress=None) -> list[tuple]:
     """(prompt, demonstration, own sample) for every demonstration: the iteration's synthetic pairs."""
-    gens = engine.generate([p for p, _ in encoded], sampling)
+    gens = engine.generate([p for p, _ in encoded], sampling, progress=progress)
     return [(p, chosen, g.response_ids) for (p, chosen), g in zip(encoded, gens)]
 
 

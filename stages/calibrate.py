@@ -1,4 +1,4 @@
-"""Stage `calibrate`: measure the coherent reward and write the normalisation PPO uses.
+"""Stage `calibrate`: measure the reward (coherent, or a reward model's) and write the normalisation PPO uses.
 
 usage: python stages/calibrate.py BASE_DIR SFT_DIR CALIBRATION_JSONL PROMPTS_JSONL NORM_JSON METRICS_JSON PLOT_PNG
 """
@@ -10,7 +10,8 @@ from srppo.calibrate import calibration_report, fit_normalizer, rewards_of
 from srppo.data.records import read_jsonl
 from srppo.io import write_json
 from srppo.models import context_length, load_tokenizer, setup_runtime
-from srppo.roles import demo_generations, frozen, prompt_ids, rollout_engine, sampling_params
+from srppo.roles import (demo_generations, frozen, prompt_ids, reward_model_or_none, rollout_engine,
+                         sampling_params)
 from srppo.runner import Timer, load, log, progress
 
 
@@ -26,7 +27,8 @@ def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, p
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("calibrate")
     tok = load_tokenizer(sft_dir)
-    sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)
+    sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)  # p_PT also samples below
+    rm = reward_model_or_none(params.reward, device, dtype)
     demos = read_jsonl(calib_path)
     prompts = read_jsonl(prompts_path)[: cfg.n_prompts]
     for recs, src in ((demos, calib_path), (prompts, prompts_path)):  # both get sampled: fail before that
@@ -34,7 +36,7 @@ def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, p
     sampling = sampling_params(rcfg)
     sample = lambda model, path, recs, bar: _sample(rollout_engine(rcfg, model, tok, path, params.runtime.seed, dtype),
                                                     prompt_ids(tok, recs), sampling, bar)
-    score = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.score_batch_size)
+    score = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.score_batch_size, rm)
     with timer.phase("score demonstrations"):
         demo_r, demo_len = score(demo_generations(tok, demos))
     with timer.phase("sample p_PT on the demonstration prompts"), progress(len(demos), "p_PT samples") as bar:
@@ -49,7 +51,7 @@ def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, p
         f"p_PT samples {pt_r.mean():.2f}; AUC demo>PT {report['auc_demo_vs_pt']:.2f}")
     write_json(norm_path, norm.to_dict())
     plots.reward_histogram({"demonstrations": demo_r.tolist(), "p_SFT samples": sft_r.tolist(),
-                            "p_PT samples": pt_r.tolist()}, plot_path, "Coherent reward before PPO")
+                            "p_PT samples": pt_r.tolist()}, plot_path, f"{params.reward.source.capitalize()} reward before PPO")
     write_json(metrics_path, {**report, **timer.report()})
 
 

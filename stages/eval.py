@@ -1,6 +1,7 @@
-"""Stage `eval`: pretrained vs SFT vs SRPPO on the eval sets, with exact checkers.
+"""Stage `eval`: the models (pretrained, SFT, SRPPO; baselines in the comparison grid) on the eval sets.
 
-usage: python stages/eval.py BASE_DIR SFT_DIR PPO_DIR EVAL_JSONL OUT_DIR METRICS_JSON
+usage: python stages/eval.py EVAL_JSONL OUT_DIR METRICS_JSON NAME=MODEL_DIR [NAME=MODEL_DIR ...]
+`eval.models` picks which of the named models are evaluated, in its order.
 """
 
 import sys
@@ -24,12 +25,19 @@ def judged_win_rate(cfg, engine, tok, items: list[dict], seed: int) -> dict:
         return judge_outputs(cfg, items, outputs, seed, progress=bar)
 
 
-def main(base_dir, sft_dir, ppo_dir, eval_path, out_dir, metrics_path) -> None:
+def model_paths(pairs: list[str], wanted: list[str]) -> dict[str, str]:
+    given = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    if len(given) != len(pairs) or not set(wanted) <= set(given):
+        raise SystemExit(f"eval: eval.models {wanted} need NAME=MODEL_DIR arguments for each; got {pairs}")
+    return {name: given[name] for name in wanted}
+
+
+def main(eval_path, out_dir, metrics_path, *pairs) -> None:
     params = load()
     cfg = params.eval
+    paths = model_paths(list(pairs), cfg.models)
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("eval")
-    paths = {"pretrained": base_dir, "sft": sft_dir, "srppo": ppo_dir}
     items = read_jsonl(eval_path)
     first = paths[cfg.models[0]]  # all roles share the tokenizer and context
     prompt_ids(load_tokenizer(first), items, eval_path, cfg.max_new_tokens, context_length(first))

@@ -1,4 +1,5 @@
-"""Stage `ppo`: Self-Rewarding PPO from p_SFT (Algorithm 2 with the coherent reward).
+"""Stage `ppo`: Self-Rewarding PPO from p_SFT (Algorithm 2 with the coherent reward; with
+`reward.source: model` the RM-PPO baseline).
 
 usage: python stages/ppo.py BASE_DIR SFT_DIR PROMPTS_JSONL NORM_JSON ROLLOUTS_DIR OUT_DIR METRICS_JSON CURVES_CSV
 """
@@ -14,7 +15,7 @@ from srppo.models import (context_length, load_causal_lm, load_tokenizer, load_v
                           setup_runtime)
 from srppo.ppo.trainer import PPOTrainer, Roles, length_guard_tripped, prompt_stream
 from srppo.rewards import RewardNormalizer
-from srppo.roles import frozen, prompt_ids, rollout_engine, sampling_params
+from srppo.roles import frozen, prompt_ids, reward_model_or_none, rollout_engine, sampling_params
 from srppo.rollout.buffer import read_buffers
 from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config
 
@@ -70,18 +71,22 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     # an engine with its own weights (vLLM) starts first: it sizes its KV cache from the free memory
     engine = None if rcfg.engine == "hf" else rollout_engine(rcfg, None, tok, sft_dir, params.runtime.seed, dtype)
     ds = lambda lr: training_config(params.runtime, cfg.mini_batch_size, 1, cfg.max_grad_norm, dtype, lr)
-    with timer.phase("load actor, critic, p_SFT, p_PT"):
+    coherent = params.reward.source == "coherent"
+    with timer.phase(f"load actor, critic, p_SFT, {'p_PT' if coherent else 'reward model'}"):
+        shard = lambda model: distributed.shard_frozen(model, ds(cfg.actor_lr))
         roles = Roles(actor=load_causal_lm(sft_dir, device, dtype, trainable=True),
                       critic=load_value_model(Path(sft_dir), device, dtype),
-                      sft=distributed.shard_frozen(frozen(sft_dir, device, dtype), ds(cfg.actor_lr)),
-                      pt=distributed.shard_frozen(frozen(base_dir, device, dtype), ds(cfg.actor_lr)))
+                      sft=shard(frozen(sft_dir, device, dtype)),
+                      pt=shard(frozen(base_dir, device, dtype)) if coherent else None,
+                      reward_model=None if coherent else shard(reward_model_or_none(params.reward, device, dtype)))
     engine = engine or rollout_engine(rcfg, roles.actor, tok, sft_dir, params.runtime.seed, dtype)
     trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
                          RewardNormalizer.from_dict(read_json(norm_path)), dump_dir=Path(out_dir).parent / "debug",
                          ds_actor=ds(cfg.actor_lr), ds_critic=ds(cfg.critic_lr),
                          forward_batch_size=rcfg.score_batch_size)
-    ckpt = stage_checkpointer(out_dir, params, ["runtime", "ppo", "rollouts"],
-                              [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir],
+    ckpt = stage_checkpointer(out_dir, params, ["runtime", "ppo", "rollouts", "reward"],
+                              [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir,
+                               *([] if coherent else [params.reward.model_path])],
                               checkpoint_interval(params.runtime, cfg.checkpoint_every, "ppo"),
                               lambda msg: log("ppo", msg))
     modules = {"actor": roles.actor, "critic": roles.critic}

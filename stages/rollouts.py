@@ -1,4 +1,4 @@
-"""Stage `rollouts`: sample p_SFT on PPO prompts, score with the coherent reward, save parquet buffers.
+"""Stage `rollouts`: sample p_SFT on PPO prompts, score them (coherent reward or reward model), save parquet buffers.
 
 These buffers are the critic warm-up data and a browsable record of what p_SFT does before PPO.
 usage: python stages/rollouts.py BASE_DIR SFT_DIR PROMPTS_JSONL OUT_DIR METRICS_JSON
@@ -11,7 +11,7 @@ from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, write_json
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.ppo.experience import score
-from srppo.roles import frozen, prompt_ids, rollout_engine, sampling_params
+from srppo.roles import frozen, prompt_ids, reward_model_or_none, rollout_engine, sampling_params
 from srppo.rollout.buffer import buffer_path, to_frame
 from srppo.runner import Timer, load, log, progress
 
@@ -22,7 +22,8 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("rollouts")
     tok = load_tokenizer(sft_dir)
-    sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)
+    rm = reward_model_or_none(params.reward, device, dtype)
+    sft, pt = frozen(sft_dir, device, dtype), None if rm else frozen(base_dir, device, dtype)
     engine = rollout_engine(cfg, sft, tok, sft_dir, params.runtime.seed, dtype)
     records = read_jsonl(prompts_path)
     prompt_ids(tok, records, prompts_path, cfg.max_new_tokens, context_length(sft_dir))  # fail before sampling
@@ -35,7 +36,7 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
             items = records[b * cfg.buffer_size : (b + 1) * cfg.buffer_size]
             with timer.phase(f"buffer {b}"):
                 gens = engine.generate(prompt_ids(tok, items), sampling_params(cfg), progress=bar)
-                scored = score(gens, sft, pt, tok.pad_token_id, device, cfg.score_batch_size)
+                scored = score(gens, sft, pt, tok.pad_token_id, device, cfg.score_batch_size, rm)
                 frame = to_frame(scored, gens, items, tok, b)
                 frame.to_parquet(buffer_path(tmp, b), index=False)
             summary.append({"buffer": b, "reward_mean": float(frame.reward_raw.mean()),

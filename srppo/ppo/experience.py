@@ -14,6 +14,7 @@ from srppo.data.chat import Batch, collate
 from srppo.logprobs import token_logprobs
 from srppo.ppo.estimators import CRITIC_FREE, get_estimator
 from srppo.ppo.losses import kl_penalty, masked_whiten
+from srppo.reward_model import reward_scores
 from srppo.rewards import RewardNormalizer, coherent_reward, place_at_last_token, token_rewards
 from srppo.rollout.engine import Generation
 
@@ -24,8 +25,8 @@ class Scored:
 
     batch: Batch
     logp_sft: torch.Tensor    # (B, T-1) log p_SFT of each response token, 0 elsewhere
-    logp_pt: torch.Tensor     # (B, T-1) log p_PT
-    reward_raw: torch.Tensor  # (B,) coherent reward, Eq. (3)
+    logp_pt: torch.Tensor     # (B, T-1) log p_PT (zeros under a reward model)
+    reward_raw: torch.Tensor  # (B,) coherent reward, Eq. (3), or the reward model's score
     truncated: torch.Tensor   # (B,) bool: no EOS within the token budget
 
 
@@ -65,11 +66,18 @@ def in_chunks(fn, batch: Batch, rows: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(gens: list[Generation], sft, pt, pad_id: int, device, chunk: int | None = None) -> Scored:
+def score(gens: list[Generation], sft, pt, pad_id: int, device, chunk: int | None = None,
+          reward_model=None) -> Scored:
+    """p_SFT's log-probs (the KL reference) and the reward: coherent (p_SFT, p_PT) or, given a
+    `reward_model` (the RM-PPO baseline), its score at the last token; then p_PT is not run."""
     batch = collate([g.prompt_ids for g in gens], [g.response_ids for g in gens], pad_id).to(device)
     logp_sft = in_chunks(lambda b: token_logprobs(sft, b), batch, chunk)
-    logp_pt = in_chunks(lambda b: token_logprobs(pt, b), batch, chunk)
-    reward = coherent_reward(logp_sft, logp_pt, batch.action_mask)
+    if reward_model is None:
+        logp_pt = in_chunks(lambda b: token_logprobs(pt, b), batch, chunk)
+        reward = coherent_reward(logp_sft, logp_pt, batch.action_mask)
+    else:
+        logp_pt = torch.zeros_like(logp_sft)
+        reward = in_chunks(lambda b: reward_scores(reward_model, b), batch, chunk)
     truncated = torch.tensor([g.truncated for g in gens], device=device)
     return Scored(batch, logp_sft, logp_pt, reward, truncated)
 

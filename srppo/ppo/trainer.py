@@ -43,7 +43,8 @@ class Roles:
     actor: torch.nn.Module
     critic: torch.nn.Module
     sft: torch.nn.Module   # frozen: KL reference and reward numerator
-    pt: torch.nn.Module    # frozen: reward denominator
+    pt: torch.nn.Module | None  # frozen: reward denominator (None under a reward model)
+    reward_model: torch.nn.Module | None = None  # frozen: the RM-PPO baseline's reward instead of p_SFT/p_PT
 
 
 def _rows(batch: Batch, idx: torch.Tensor) -> Batch:
@@ -105,7 +106,7 @@ class PPOTrainer:
         gens = distributed.generate_sharded(self.engine, prompts, self.sampling)
         t1 = time.perf_counter()
         scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device,
-                       self.forward_batch_size)
+                       self.forward_batch_size, self.roles.reward_model)
         exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg,
                               self.sampling.temperature, groups, self.forward_batch_size)
         exp.info.update(engine_logprob_gap(gens, exp.logp_old, exp.batch))

@@ -1,0 +1,31 @@
+"""Stage `table` (comparison grid): the paper-style tables and bar plot over all cells' eval metrics.
+
+usage: python stages/compare.py METRICS_DIR OUT_DIR
+Writes OUT_DIR/table.md, OUT_DIR/bars.png and OUT_DIR/summary.json (`dvc metrics diff` compares it).
+"""
+
+import sys
+from pathlib import Path
+
+from srppo import plots
+from srppo.compare import collect, markdown, summarise, summary_json
+from srppo.io import write_json, write_text_atomic
+
+HEADER = ("# Comparison grid\n\nScores in %, mean ± std over seeds (the testbed's exact checkers; lm-eval tasks and "
+          "the AlpacaEval-style judge when configured). Regenerate: `dvc repro comparison/dvc.yaml`.\n\n")
+
+
+def main(metrics_dir: str, out_dir: str) -> None:
+    rows = collect(Path(metrics_dir))
+    if not rows:
+        raise SystemExit(f"table: no <setup>-s<seed>/eval.json under {metrics_dir}")
+    out = Path(out_dir)
+    table = markdown(rows)
+    write_text_atomic(out / "table.md", HEADER + table)
+    plots.bars_with_errors(summarise(rows), out / "bars.png", "Comparison")
+    write_json(out / "summary.json", summary_json(rows))
+    print(table)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

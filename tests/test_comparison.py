@@ -1,0 +1,76 @@
+"""The comparison grid (comparison/dvc.yaml) end to end on a tiny model: every method, two seeds.
+
+Real DVC, real stage processes: SFT once, then per seed SFT (extended), SPIN, a Bradley-Terry reward
+model, PPO with it, SRPPO and the evaluation; the `table` stage writes the paper-style table, the bar
+plot and summary.json, which `dvc metrics diff` compares across commits.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from conftest import ROOT
+from test_pipeline import make_repo, run, stages_run
+
+pytestmark = pytest.mark.slow
+METHODS = ["SFT", "SFT (extended)", "SPIN", "PPO w/ RM", "**SRPPO**"]
+
+
+@pytest.fixture(scope="module")
+def grid_repo(tmp_path_factory, tiny_dir):
+    repo = make_repo(tmp_path_factory.mktemp("grid"), tiny_dir)
+    shutil.copytree(ROOT / "comparison", repo / "comparison", ignore=shutil.ignore_patterns("data", "*.lock"))
+    grid = {"overlaps": ["minimum"], "seeds": [0, 1], "sft_extended_epochs": 0.5}
+    (repo / "comparison" / "grid.yaml").write_text(yaml.safe_dump(grid))
+    return repo
+
+
+def test_one_command_gives_the_table_plot_and_metrics_for_every_method(grid_repo):
+    out = run(["dvc", "repro", "comparison/dvc.yaml"], grid_repo)
+    ran = set(re.findall(r"Running stage 'comparison/dvc.yaml:([\w@-]+)'", out))
+    for stage in ("sft_extended", "spin", "reward_model", "rm_ppo", "srppo", "eval"):
+        assert {f"{stage}@minimum-0", f"{stage}@minimum-1"} <= ran, (stage, sorted(ran))
+    assert "SRPPO_SET" in out and "reward.source=model" in out
+
+    results = grid_repo / "docs" / "results" / "comparison"
+    table = (results / "table.md").read_text()
+    assert "### minimum overlap (2 seeds: [0, 1])" in table
+    rows = {line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| ")}
+    assert set(METHODS) <= rows
+    assert " ± " in table and "paired by seed" in table
+    assert (results / "bars.png").stat().st_size > 5000
+
+    summary = json.loads((results / "summary.json").read_text())
+    scores = summary["scores"]["minimum"]
+    assert set(scores) == {"sft", "sft_extended", "spin", "rm_ppo", "srppo"}
+    assert all(scores[m]["Average"]["n"] == 2 for m in scores)
+    assert scores["sft"]["Average"]["std"] == 0.0  # one p_SFT per setup, greedy evaluation
+    assert set(summary["srppo_vs"]["minimum"]) == {"sft", "sft_extended", "spin", "rm_ppo"}
+
+    # the reward model was trained and PPO read it: its score is the reward, p_PT never loaded
+    rm = json.loads((grid_repo / "comparison/metrics/minimum-s0/reward_model.json").read_text())
+    assert rm["train_pairs"] > 0
+    assert (grid_repo / "comparison/data/minimum-s0/reward_model/model.safetensors").exists()
+    assert "reward model" in json.dumps(json.loads((grid_repo / "comparison/metrics/minimum-s0/rm_ppo.json").read_text()))
+    # SRPPO cells differ by seed: different samples, different PPO curves
+    ppo = [json.loads((grid_repo / f"comparison/metrics/minimum-s{s}/srppo.json").read_text()) for s in (0, 1)]
+    assert ppo[0]["reward_raw_first"] != ppo[1]["reward_raw_first"]
+
+
+def test_noop_then_metrics_diff_between_two_runs(grid_repo):
+    assert stages_run(run(["dvc", "repro", "comparison/dvc.yaml"], grid_repo)) == set()
+    run(["git", "add", "-A"], grid_repo)
+    run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "grid"], grid_repo)
+    # a second run: one seed less in the table (the cells stay cached)
+    summary = grid_repo / "docs/results/comparison/summary.json"
+    run(["python", "stages/compare.py", "comparison/metrics", "docs/results/comparison"], grid_repo)
+    shutil.rmtree(grid_repo / "comparison/metrics/minimum-s1")
+    run(["python", "stages/compare.py", "comparison/metrics", "docs/results/comparison"], grid_repo)
+    diff = json.loads(subprocess.run(["dvc", "metrics", "diff", "--json"], cwd=grid_repo, capture_output=True,
+                                     text=True, check=True).stdout)
+    changed = diff[str(summary.relative_to(grid_repo))]
+    assert "scores.minimum.srppo.Average.n" in changed
+    assert changed["scores.minimum.srppo.Average.n"] == {"old": 2, "new": 1, "diff": -1}
