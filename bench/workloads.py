@@ -1,0 +1,218 @@
+"""In-process measurements on the embedded default (SmolLM2-135M, CPU, fp32), one per child process.
+
+    python bench/workloads.py matmul OUT.json
+    python bench/workloads.py sft OUT.json [--quick]
+    python bench/workloads.py rollout OUT.json [--quick]
+    python bench/workloads.py ppo OUT.json --estimator gae|grpo [--quick]
+
+`bench/run.py` starts each in its own process under `/usr/bin/time -v`, so the peak RSS of one
+workload is not hidden by an earlier one and a crash in one does not lose the others. Every workload
+calls the library itself (train_sft, PPOTrainer, the rollout engines); nothing here re-implements it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings (rollout_throughput)
+
+SFT_DIR, BASE_DIR = Path("data/sft"), Path("data/base")
+DEMOS, PROMPTS, NORM = (Path("data/prepared/demos.jsonl"), Path("data/prepared/ppo_prompts.jsonl"),
+                        Path("data/calibrate/reward_norm.json"))
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = set(next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), []))
+    import transformers
+
+    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "simd": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})}
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- (a) the machine's matmul rate -------------------------------------------------------------
+def matmul_rate(dtype: torch.dtype, n: int, seconds: float) -> float:
+    """GFLOP/s of square n x n matmuls (2 n^3 FLOPs each): the ceiling the training rows are held to.
+
+    n = 2048 is the size of the model's largest GEMMs in a training step (B*T ~ 2k rows against a
+    576 x 1536 MLP or 576 x 49k head), large enough that the BLAS kernel, not dispatch, sets the rate.
+    """
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):  # warm-up: thread pool, packing buffers
+        a @ b
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
+
+
+def run_matmul(quick: bool) -> dict:
+    secs = 0.5 if quick else 4.0
+    return {"fp32_gflops": matmul_rate(torch.float32, 2048, secs),
+            "bf16_gflops": matmul_rate(torch.bfloat16, 2048, secs), "n": 2048}
+
+
+# -- (a) SFT training throughput ------------------------------------------------------------------
+def run_sft(quick: bool) -> dict:
+    """train_sft on the first demonstrations, default batch size 8; the first optimizer step
+    (allocator and kernel warm-up) is timed apart and left out of the rate."""
+    from srppo.config import SFTConfig
+    from srppo.data.records import read_jsonl
+    from srppo.models import load_causal_lm, load_tokenizer
+    from srppo.sft import encode_demos, train_sft
+
+    n_demos = 16 if quick else 48  # 6 steps of 8: ~1 minute on 2 cores
+    cfg = SFTConfig(epochs=1.0, checkpoint_every=0)
+    tok = load_tokenizer(BASE_DIR)
+    encoded = encode_demos(tok, read_jsonl(DEMOS)[:n_demos], cfg.max_len)
+    model = load_causal_lm(BASE_DIR, torch.device("cpu"), torch.float32, trainable=True)
+    stamps = [time.perf_counter()]
+    history = train_sft(model, tok, encoded, cfg, seed=0, on_step=lambda row: stamps.append(time.perf_counter()))
+    tokens = [h["tokens"] for h in history]  # cumulative attention-mask tokens (prompt + response)
+    return {"params": n_params(model), "steps": len(history), "batch_size": cfg.batch_size,
+            "first_step_s": stamps[1] - stamps[0], "tokens": tokens[-1] - tokens[0],
+            "seconds": stamps[-1] - stamps[1], "tokens_per_s": (tokens[-1] - tokens[0]) / (stamps[-1] - stamps[1])}
+
+
+# -- (b) rollout engine vs one prompt at a time ------------------------------------------------
+def run_rollout(quick: bool) -> dict:
+    """bench/rollout_throughput.py's timing on the transformers engine only (vLLM lives in its own
+    virtualenv: that script covers it); rounds alternate so machine load hits both alike."""
+    from rollout_throughput import prompt_records, timed_generate
+    from srppo.data.chat import encode_prompt
+    from srppo.models import load_causal_lm, load_tokenizer
+    from srppo.rollout.engine import SamplingParams, make_engine
+
+    n, batch, rounds, max_new = (8, 8, 1, 8) if quick else (32, 16, 2, 48)
+    tok = load_tokenizer(SFT_DIR)
+    model = load_causal_lm(SFT_DIR, torch.device("cpu"), torch.float32)
+    prompts = [encode_prompt(tok, r["messages"]) for r in prompt_records()[0][:n]]
+    params = SamplingParams(max_new_tokens=max_new)
+    engines = {"batched": make_engine("hf", model, tok, batch), "naive": make_engine("hf", model, tok, 1)}
+    for engine in engines.values():
+        timed_generate(engine, prompts[:2], params)  # warm-up
+    runs = {name: [] for name in engines}
+    for r in range(rounds):
+        for name, engine in engines.items():
+            torch.manual_seed(r)
+            runs[name].append(timed_generate(engine, prompts, params))
+    med = {name: statistics.median(x["tps"] for x in rs) for name, rs in runs.items()}
+    return {"prompts": n, "batch_size": batch, "max_new_tokens": max_new, "rounds": rounds, "runs": runs,
+            "batched_tps": med["batched"], "naive_tps": med["naive"], "ratio": med["batched"] / med["naive"]}
+
+
+# -- (a, c, d) SRPPO PPO iterations ---------------------------------------------------------------
+def bench_prompts(n_iters: int, per_iter: int) -> list[list[dict]]:
+    """The same fixed prompt records per iteration for srppo and TRL: rows k*n .. (k+1)*n-1."""
+    from srppo.data.records import read_jsonl
+
+    records = read_jsonl(PROMPTS)
+    return [records[k * per_iter:(k + 1) * per_iter] for k in range(n_iters)]
+
+
+def ppo_setup(quick: bool, estimator: str) -> dict:
+    """The embedded default's PPO shape: 16 rollouts per iteration, 48 new tokens, mini-batch 8
+    (2 optimizer steps per iteration), 1 epoch; grpo samples 4 prompts x 4 (TRL GRPO's shape)."""
+    group = 4 if estimator in ("grpo", "rloo") else 1
+    buffer, max_new, iters = (8, 8, 2) if quick else (16, 48, 3)
+    return {"estimator": estimator, "group_size": group, "buffer": buffer, "prompts_per_iter": buffer // group,
+            "max_new_tokens": max_new, "iterations": iters, "mini_batch_size": buffer // 2}
+
+
+def _timed(fn, bucket: dict, key: str):
+    """Wrap `fn` to add its wall seconds to bucket[key]: splits the trainer's phases further."""
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            bucket[key] = bucket.get(key, 0.0) + time.perf_counter() - t
+    return wrapper
+
+
+def run_ppo(quick: bool, estimator: str) -> dict:
+    """PPOTrainer.iteration as the ppo stage builds it (actor, critic, frozen p_SFT and p_PT, the
+    calibrated normaliser, the hf engine); the first iteration is a warm-up, reported apart."""
+    from srppo.config import PPOConfig, RolloutConfig
+    from srppo.data.chat import encode_prompt
+    from srppo.io import read_json
+    from srppo.models import load_causal_lm, load_tokenizer, load_value_model
+    from srppo.ppo import trainer as tr
+    from srppo.rewards import RewardNormalizer
+    from srppo.roles import frozen, rollout_engine, sampling_params
+
+    shape = ppo_setup(quick, estimator)
+    cfg = PPOConfig(estimator=estimator, group_size=shape["group_size"], mini_batch_size=shape["mini_batch_size"],
+                    checkpoint_every=0)
+    rcfg = RolloutConfig(max_new_tokens=shape["max_new_tokens"], buffer_size=shape["buffer"])
+    dev, dt = torch.device("cpu"), torch.float32
+    torch.manual_seed(0)
+    tok = load_tokenizer(SFT_DIR)
+    roles = tr.Roles(actor=load_causal_lm(SFT_DIR, dev, dt, trainable=True),
+                     critic=load_value_model(SFT_DIR, dev, dt), sft=frozen(SFT_DIR, dev, dt), pt=frozen(BASE_DIR, dev, dt))
+    engine = rollout_engine(rcfg, roles.actor, tok, SFT_DIR, 0, dt)
+    trainer = tr.PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
+                            RewardNormalizer.from_dict(read_json(NORM)), forward_batch_size=rcfg.score_batch_size)
+    # finer phases: scoring (p_SFT + p_PT forwards) vs actor/critic no-grad forwards, actor vs critic updates
+    split: dict[str, float] = {}
+    tr.score = _timed(tr.score, split, "score")
+    tr.make_experience = _timed(tr.make_experience, split, "actor_critic_forward")
+    trainer._actor_step = _timed(trainer._actor_step, split, "train_actor")
+    trainer._critic_step = _timed(trainer._critic_step, split, "train_critic")
+    rows = []
+    for batch in bench_prompts(shape["iterations"], shape["prompts_per_iter"]):
+        split.clear()
+        t = time.perf_counter()
+        row = trainer.iteration([encode_prompt(tok, r["messages"]) for r in batch])
+        seconds = time.perf_counter() - t
+        # tokens_per_s = attention-mask tokens (prompt + response, all rows) / iteration seconds
+        rows.append({"seconds": seconds, "tokens": row["tokens_per_s"] * seconds,
+                     "response_tokens": row["response_length"] * shape["buffer"], "tokens_per_s": row["tokens_per_s"],
+                     "generate": row["time_generate"], "score": split.get("score", 0.0),
+                     "actor_critic_forward": split.get("actor_critic_forward", 0.0),
+                     "train_actor": split.get("train_actor", 0.0), "train_critic": split.get("train_critic", 0.0),
+                     "train": row["time_train"]})
+    return {**shape, "params": n_params(roles.actor), "warmup": rows[0], "iters": rows[1:],
+            **summarise(rows[1:])}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Totals over the measured iterations: rate = total tokens / total seconds, phases as sums."""
+    total = {k: sum(r[k] for r in rows) for k in rows[0]}
+    return {"tokens_per_s": total["tokens"] / total["seconds"], "total": total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workload", choices=["matmul", "sft", "rollout", "ppo"])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--estimator", default="gae")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    t = time.perf_counter()
+    result = {"matmul": lambda: run_matmul(a.quick), "sft": lambda: run_sft(a.quick),
+              "rollout": lambda: run_rollout(a.quick), "ppo": lambda: run_ppo(a.quick, a.estimator)}[a.workload]()
+    result.update(machine=machine(), wall_s=time.perf_counter() - t)
+    a.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
