@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 
 METHODS = {"sft": "SFT", "sft_extended": "SFT (extended)", "spin": "SPIN", "rm_ppo": "PPO w/ RM", "srppo": "SRPPO"}
+FILTER_METHODS = {"sft": "SFT on all demonstrations", "sft_filtered": "SFT on the top by coherent reward",
+                  "sft_random": "SFT on a random subset of the same size"}
 TESTBED = [("strict_acc", "IF strict"), ("loose_acc", "IF loose"), ("in_domain_strict", "IF in-domain"),
            ("out_domain_strict", "IF out-of-domain"), ("arithmetic_em", "Arithmetic EM")]
 # subsets of "IF strict": shown, but left out of the Average (the paper averages benchmarks)
@@ -134,3 +136,30 @@ def summary_json(rows: list[dict]) -> dict:
     verdicts = {setup: {base: paired_difference(rows, setup, base) for base in by_method if base != "srppo"}
                 for setup, by_method in summary.items() if "srppo" in by_method}
     return {"scores": summary, "srppo_vs": verdicts}
+
+
+def collect_filter(metrics_dir: Path) -> dict[str, dict[str, dict]]:
+    """{setup: {method: scores}} from every `<setup>/filter_eval.json` (the data-filter comparison)."""
+    out = {}
+    for path in sorted(Path(metrics_dir).glob("*/filter_eval.json")):
+        result = json.loads(path.read_text())
+        out[path.parent.name] = {m: scores(result[m]) for m in FILTER_METHODS if isinstance(result.get(m), dict)}
+    return out
+
+
+def filter_markdown(results: dict[str, dict[str, dict]]) -> str:
+    """The §5 data-filter comparison: SFT on the kept demonstrations vs a random subset of equal size."""
+    lines = []
+    for setup, by_method in results.items():
+        cols = list(dict.fromkeys(c for m in by_method.values() for c in m))
+        lines += [f"### Coherent reward as a data filter: {setup} overlap (seed 0)", "",
+                  "| Training data | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for method, cells in by_method.items():
+            lines.append(f"| {FILTER_METHODS[method]} | " + " | ".join(
+                "–" if cells.get(c) is None else f"{cells[c]:.2f}" for c in cols) + " |")
+        top, rand = by_method.get("sft_filtered", {}), by_method.get("sft_random", {})
+        if "Average" in top and "Average" in rand:
+            gap = top["Average"] - rand["Average"]
+            lines += ["", f"Top by reward minus random subset, Average: {gap:+.2f} (one seed: no noise estimate)."]
+        lines.append("")
+    return "\n".join(lines)

@@ -119,6 +119,9 @@ class SFTConfig(Section):
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (paper: 128 per step).")
     max_len: int = Field(256, ge=8, description="Prompt + response tokens; longer rows are an error.")
+    overlength: Literal["error", "drop"] = Field(
+        "error", description="A demonstration over max_len: 'error' stops before training, naming the row; "
+        "'drop' leaves it out and logs how many were dropped (real data with a tail of long rows).")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -131,7 +134,8 @@ class SPINConfig(Section):
     """The SPIN baseline (Table 1, stage `spin` of comparison/dvc.yaml): DPO with demonstrations as chosen
     and the current model's samples as rejected, the previous iterate as the frozen opponent."""
 
-    iterations: int = Field(2, ge=1, description="SPIN iterations (paper's SPIN baseline: iterations 0-3).")
+    iterations: int = Field(1, ge=1, description="SPIN iterations (SPIN's paper reports iterations 0-3; each "
+                            "resamples every demonstration prompt and retrains).")
     epochs: int = Field(1, ge=1, description="DPO passes over each iteration's pairs.")
     lr: float = Field(2e-6, gt=0, description="SPIN's published rate is 5e-7 at 7B; a 135M model needs more.")
     beta: float = Field(0.1, gt=0, description="DPO temperature (SPIN: 0.1).")
@@ -149,6 +153,9 @@ class RewardModelConfig(Section):
     the same prompts as SFT, so it gets no data the coherent reward lacks, only preference labels.
     """
 
+    n_prompts: int | None = Field(
+        64, ge=2, description="Demonstration prompts used (the first N after a seeded shuffle); null = all. "
+        "Sampling and pair training dominate the baseline's cost on a CPU.")
     samples_per_prompt: int = Field(4, ge=2, description="p_SFT samples per demonstration prompt.")
     include_demos: bool = Field(True, description="The demonstration itself is one of the ranked answers.")
     max_pairs_per_prompt: int = Field(4, ge=1, description="Preference pairs kept per prompt (better, worse).")
@@ -159,6 +166,12 @@ class RewardModelConfig(Section):
     temperature: float = Field(1.0, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
 
+
+class DataFilterConfig(Section):
+    """The coherent reward as a data filter (§5; stage `filter` of comparison/dvc.yaml)."""
+
+    keep_fraction: float = Field(0.5, gt=0, le=1, description="Share of the demonstrations kept, by reward; "
+                                 "SFT on them is compared with SFT on a random subset of the same size.")
 
 class RewardConfig(Section):
     """What PPO optimises: the coherent reward (SRPPO) or an external preference reward model (RM-PPO)."""
@@ -288,6 +301,12 @@ class BenchmarkConfig(Section):
     gsm8k_train: str | None = Field(None, description="GSM8K train JSONL for the 5 few-shot examples; "
                                     "null = draw them from the test file.")
     ifeval: str | None = Field(None, description="IFEval input_data.jsonl (key, prompt, instruction_id_list, kwargs).")
+    gpqa: str | None = Field(None, description="A local copy of GPQA (e.g. gpqa_main.csv, or JSONL) with its columns "
+                             "Question, Correct Answer, Incorrect Answer 1-3; gated on the hub, so never fetched.")
+    gpqa_modes: list[Literal["direct", "cot"]] = Field(
+        ["direct", "cot"], description="'direct': log-likelihood of (A)-(D), acc; 'cot': zero-shot chain of "
+        "thought, exact match of the extracted letter (lm-eval's gpqa_main_zeroshot / _cot_zeroshot).")
+    gpqa_max_tokens: int = Field(1024, ge=1, description="Generation budget per GPQA CoT answer.")
     limit: int | None = Field(None, ge=1, description="First N examples of each benchmark (subsample on CPU).")
     gsm8k_max_tokens: int = Field(256, ge=1, description="Generation budget per GSM8K answer (lm-eval: 256).")
     ifeval_max_tokens: int = Field(1280, ge=1, description="Generation budget per IFEval answer (lm-eval: 1280).")
@@ -312,7 +331,8 @@ class JudgeConfig(Section):
 class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
-    models: list[Literal["pretrained", "sft", "srppo", "sft_extended", "spin", "rm_ppo"]] = Field(
+    models: list[Literal["pretrained", "sft", "srppo", "sft_extended", "spin", "rm_ppo", "sft_filtered",
+                         "sft_random"]] = Field(
         ["pretrained", "sft", "srppo"], description="Models to evaluate, by the names the eval stage is given "
         "(dvc.yaml: pretrained, sft, srppo; comparison/dvc.yaml adds the baselines).")
     benchmarks: BenchmarkConfig = BenchmarkConfig()
@@ -331,6 +351,7 @@ class Params(Section):
     eval: EvalConfig = EvalConfig()
     spin: SPINConfig = SPINConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
+    data_filter: DataFilterConfig = DataFilterConfig()
 
     @model_validator(mode="after")
     def _cross_section(self):

@@ -24,6 +24,7 @@ from torch import nn
 from srppo.data.chat import Batch, collate, encode_response
 from srppo.data.records import DataError
 from srppo.models import ModelError, check_weights
+from srppo.pairwise import pair_epochs
 from srppo.rewards import last_action_index
 from srppo.rollout.engine import Generation
 from srppo.testbed import check_response
@@ -129,25 +130,9 @@ def train_reward_model(model, tok, pairs: list[tuple], cfg, seed: int,
     """Bradley-Terry epochs over the pairs (AdamW, constant rate, gradient clipping)."""
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    rng = random.Random(seed)
-    history = []
-    model.train()
-    for epoch in range(cfg.epochs):
-        order = list(range(len(pairs)))
-        rng.shuffle(order)
-        for s in range(0, len(order), cfg.batch_size):
-            chosen, rejected = pair_scores(model, tok, [pairs[i] for i in order[s : s + cfg.batch_size]], device)
-            loss, metrics = bradley_terry_loss(chosen, rejected)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"reward-model loss is {loss.item()} at epoch {epoch}; lower reward_model.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-            optimizer.step()
-            history.append({"step": len(history) + 1, "epoch": epoch, **metrics})
-            if on_step:
-                on_step(metrics)
-    return history
+    loss_of = lambda idx: bradley_terry_loss(*pair_scores(model, tok, [pairs[i] for i in idx], device))
+    history = pair_epochs(model, optimizer, len(pairs), cfg, seed, loss_of, "reward_model", on_step)
+    return [{"step": i + 1, **row} for i, row in enumerate(history)]
 
 
 def save_reward_model(model, tok, out_dir: Path, info: dict) -> None:

@@ -8,7 +8,6 @@ assumed, never checked, and only demonstration prompts can be used.
 
 from __future__ import annotations
 
-import random
 from typing import Callable
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 
 from srppo.data.chat import collate
 from srppo.logprobs import sequence_logprob, token_logprobs
+from srppo.pairwise import pair_epochs
 
 
 def spin_loss(policy_chosen_logp: torch.Tensor, policy_rejected_logp: torch.Tensor,
@@ -68,25 +68,11 @@ def train_spin_iteration(model, ref, tok, pairs: list[tuple], cfg, optimizer, se
     """DPO epochs over this iteration's pairs against the frozen previous iterate `ref`."""
     device = next(model.parameters()).device
     ref_chosen, ref_rejected = reference_logps(ref, tok, pairs, cfg.batch_size, device)
-    rng = random.Random(seed)
-    history = []
-    model.train()
-    for _ in range(cfg.epochs):
-        order = list(range(len(pairs)))
-        rng.shuffle(order)
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            prompts = [pairs[i][0] for i in idx]
-            pc = sequence_logps(model, tok, prompts, [pairs[i][1] for i in idx], device)
-            pr = sequence_logps(model, tok, prompts, [pairs[i][2] for i in idx], device)
-            loss, metrics = spin_loss(pc, pr, ref_chosen[idx], ref_rejected[idx], cfg.beta)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"SPIN loss is {loss.item()} on demo rows {[i + 1 for i in idx]}; lower spin.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-            optimizer.step()
-            history.append(metrics)
-            if on_step:
-                on_step(metrics)
-    return history
+
+    def loss_of(idx):
+        prompts = [pairs[i][0] for i in idx]
+        pc = sequence_logps(model, tok, prompts, [pairs[i][1] for i in idx], device)
+        pr = sequence_logps(model, tok, prompts, [pairs[i][2] for i in idx], device)
+        return spin_loss(pc, pr, ref_chosen[idx], ref_rejected[idx], cfg.beta)
+
+    return pair_epochs(model, optimizer, len(pairs), cfg, seed, loss_of, "spin", on_step)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from srppo import plots
-from srppo.compare import collect, markdown, summarise, summary_json
+from srppo.compare import collect, collect_filter, filter_markdown, markdown, summarise, summary_json
 from srppo.io import write_json, write_text_atomic
 
 HEADER = ("# Comparison grid\n\nScores in %, mean ± std over seeds (the testbed's exact checkers; lm-eval tasks and "
@@ -20,10 +20,11 @@ def main(metrics_dir: str, out_dir: str) -> None:
     if not rows:
         raise SystemExit(f"table: no <setup>-s<seed>/eval.json under {metrics_dir}")
     out = Path(out_dir)
-    table = markdown(rows)
+    filtered = collect_filter(Path(metrics_dir))
+    table = markdown(rows) + ("\n" + filter_markdown(filtered) if filtered else "")
     write_text_atomic(out / "table.md", HEADER + table)
     plots.bars_with_errors(summarise(rows), out / "bars.png", "Comparison")
-    write_json(out / "summary.json", summary_json(rows))
+    write_json(out / "summary.json", {**summary_json(rows), "data_filter": filtered})
     print(table)
 
 

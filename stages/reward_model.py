@@ -40,7 +40,10 @@ def main(sft_dir, demos_path, out_dir, metrics_path, curves_csv) -> None:
     timer = Timer("reward_model")
     tok = load_tokenizer(sft_dir)
     records = read_jsonl(demos_path)
-    prompts = prompt_ids(tok, records, demos_path, cfg.max_new_tokens, context_length(sft_dir))
+    prompt_ids(tok, records, demos_path, cfg.max_new_tokens, context_length(sft_dir))  # every row checked
+    if cfg.n_prompts and cfg.n_prompts < len(records):
+        records = random.Random(seed).sample(records, cfg.n_prompts)
+    prompts = prompt_ids(tok, records)
     with timer.phase("sample answers"), progress(len(prompts) * cfg.samples_per_prompt, "rm answers") as bar:
         answers = sample_answers(params, tok, sft_dir, prompts, device, dtype, bar)
     order = list(range(len(records)))

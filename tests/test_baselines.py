@@ -104,3 +104,18 @@ def test_scores_average_the_benchmarks_not_the_breakdown(tmp_path):
     (cell / "eval.json").write_text('{"srppo": {"strict_acc": 10.0}, "seconds": {"total": 3}}')
     assert collect(tmp_path) == [{"setup": "medium", "seed": 4, "method": "srppo", "IF strict": 10.0,
                                   "Average": 10.0}]
+
+
+def test_split_by_reward_keeps_the_top_and_an_equal_random_subset():
+    import numpy as np
+
+    from srppo.datafilter import filter_report, split_by_reward
+
+    demos = [{"id": f"d{i}", "family": "a" if i < 3 else "b"} for i in range(6)]
+    rewards = np.array([0.5, 3.0, -1.0, 2.0, 0.0, 1.0])
+    top, rand = split_by_reward(demos, rewards, 0.5, seed=0)
+    assert [d["id"] for d in top] == ["d1", "d3", "d5"] and len(rand) == 3
+    assert rand == split_by_reward(demos, rewards, 0.5, seed=0)[1] != split_by_reward(demos, rewards, 0.5, seed=3)[1]
+    report = filter_report(demos, rewards, top)
+    assert report["reward_mean_kept"] == 2.0 and report["threshold"] == 1.0
+    assert report["families_kept"] == {"a": 1, "b": 2}

@@ -41,6 +41,10 @@ def test_one_command_gives_the_table_plot_and_metrics_for_every_method(grid_repo
     rows = {line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| ")}
     assert set(METHODS) <= rows
     assert " ± " in table and "paired by seed" in table
+    assert "### Coherent reward as a data filter: minimum overlap" in table
+    assert "| SFT on the top by coherent reward |" in table and "| SFT on a random subset of the same size |" in table
+    kept = json.loads((grid_repo / "comparison/metrics/minimum/filter.json").read_text())
+    assert kept["kept"] == kept["demos"] // 2 and kept["reward_mean_kept"] >= kept["reward_mean_all"]
     assert (results / "bars.png").stat().st_size > 5000
 
     summary = json.loads((results / "summary.json").read_text())
