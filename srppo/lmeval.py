@@ -1,4 +1,4 @@
-"""Paper benchmarks through lm-evaluation-harness, offline: GSM8K (5-shot EM) and IFEval from local files.
+"""Paper benchmarks through lm-evaluation-harness, offline: GSM8K (5-shot EM), IFEval and GPQA from local files.
 
 lm-eval's built-in `gsm8k` and `ifeval` tasks load `openai/gsm8k` / `google/IFEval` from the hub. Here
 the same task definitions are written as YAMLs with `dataset_path: json` and local `data_files`, so
@@ -22,6 +22,10 @@ from srppo.data.records import DataError, scan_jsonl
 
 GSM8K = "srppo_gsm8k"
 IFEVAL = "srppo_ifeval"
+GPQA, GPQA_COT = "srppo_gpqa", "srppo_gpqa_cot"
+GPQA_FIELDS = ["Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
+GPQA_PROMPT = ("What is the correct answer to this question:{{Question}}\nChoices:\n(A) {{choice1}}\n(B) {{choice2}}\n"
+               "(C) {{choice3}}\n(D) {{choice4}}\n")
 # Common English abbreviations that end with a period but not a sentence (Punkt's abbrev_types, lower-case).
 ABBREVIATIONS = ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "u.s", "u.k",
                  "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
@@ -67,6 +71,35 @@ def _ifeval_yaml(data: Path, max_gen_toks: int) -> str:
     return body + "process_results: !function utils.process_results\nmetric_list:\n" + metrics
 
 
+def _gpqa_yaml(data: Path, cot: bool, max_gen_toks: int) -> str:
+    """The built-in gpqa_main_zeroshot (log-likelihood of (A)-(D)) or gpqa_main_cot_zeroshot (generate,
+    then extract the letter), over a local JSONL/CSV copy with GPQA's columns; choices are shuffled
+    by lm-eval's own process_docs under the run's seed."""
+    kind = "csv" if data.suffix == ".csv" else "json"
+    task = {"task": GPQA_COT if cot else GPQA, "dataset_path": kind,
+            "dataset_kwargs": {"data_files": {"train": str(data)}}, "training_split": "train",
+            "validation_split": "train", "test_split": None, "num_fewshot": 0, "doc_to_target": "answer",
+            "metadata": {"version": 2.2}}
+    if cot:
+        task |= {"output_type": "generate_until", "doc_to_text": GPQA_PROMPT + "Let's think step by step: ",
+                 "generation_kwargs": {"until": ["</s>"], "do_sample": False, "temperature": 0.0,
+                                       "max_gen_toks": max_gen_toks},
+                 "filter_list": [
+                     {"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "(?<=The answer is )(.*)(?=.)"},
+                                                         {"function": "take_first"}]},
+                     {"name": "flexible-extract", "filter": [
+                         {"function": "multi_choice_regex", "group_select": -1, "ignore_case": True,
+                          "ignore_punctuation": True, "regex_pattern": "(\\([A-Z]\\))"}, {"function": "take_first"}]}],
+                 "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
+                                  "ignore_case": True, "ignore_punctuation": True}]}
+    else:
+        task |= {"output_type": "multiple_choice", "doc_to_text": GPQA_PROMPT + "Answer:",
+                 "doc_to_choice": ["(A)", "(B)", "(C)", "(D)"],
+                 "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]}
+    body = yaml.safe_dump(task, sort_keys=False)
+    return body + f"process_docs: !function utils.{'gpqa_cot_docs' if cot else 'gpqa_docs'}\n"
+
+
 def check_jsonl(path: Path, fields: list[str]) -> None:
     """Fail before loading a model: lm-eval's own errors on a bad row are far from the file."""
     for row, rec in scan_jsonl(path):
@@ -75,11 +108,26 @@ def check_jsonl(path: Path, fields: list[str]) -> None:
                 raise DataError(path, row, field, "is missing")
 
 
+def check_gpqa(path: Path) -> None:
+    if path.suffix == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        missing = [c for c in GPQA_FIELDS if c not in header]
+        if missing:
+            raise DataError(path, 1, missing[0], "is missing from the CSV header (GPQA's columns)")
+    else:
+        check_jsonl(path, GPQA_FIELDS)
+
+
 def write_tasks(out: Path, gsm8k_test: Path | None = None, gsm8k_train: Path | None = None,
-                ifeval: Path | None = None, ifeval_max_tokens: int = 1280, gsm8k_max_tokens: int = 256) -> list[str]:
+                ifeval: Path | None = None, ifeval_max_tokens: int = 1280, gsm8k_max_tokens: int = 256,
+                gpqa: Path | None = None, gpqa_modes: tuple[str, ...] = ("direct", "cot"),
+                gpqa_max_tokens: int = 1024) -> list[str]:
     """Task YAMLs for the given local files; returns the task names to run."""
     out.mkdir(parents=True, exist_ok=True)
-    names = []
+    names, utils = [], []
     if gsm8k_test:
         for p in (gsm8k_test, gsm8k_train):
             if p:
@@ -91,8 +139,17 @@ def write_tasks(out: Path, gsm8k_test: Path | None = None, gsm8k_train: Path | N
     if ifeval:
         check_jsonl(Path(ifeval), ["key", "prompt", "instruction_id_list", "kwargs"])
         (out / f"{IFEVAL}.yaml").write_text(_ifeval_yaml(Path(ifeval).resolve(), ifeval_max_tokens))
-        (out / "utils.py").write_text("from lm_eval.tasks.ifeval.utils import agg_inst_level_acc, process_results  # noqa\n")
+        utils.append("from lm_eval.tasks.ifeval.utils import agg_inst_level_acc, process_results  # noqa")
         names.append(IFEVAL)
+    if gpqa:
+        check_gpqa(Path(gpqa))
+        for mode in gpqa_modes:
+            cot = mode == "cot"
+            (out / f"{GPQA_COT if cot else GPQA}.yaml").write_text(_gpqa_yaml(Path(gpqa).resolve(), cot, gpqa_max_tokens))
+            names.append(GPQA_COT if cot else GPQA)
+        utils += ["from lm_eval.tasks.gpqa.zeroshot.utils import process_docs as gpqa_docs  # noqa",
+                  "from lm_eval.tasks.gpqa.cot_zeroshot.utils import process_docs as gpqa_cot_docs  # noqa"]
+    (out / "utils.py").write_text("\n".join(utils) + "\n")
     return names
 
 
@@ -148,11 +205,12 @@ def _metrics(values: dict) -> dict:
 def run_benchmarks(cfg, model_dirs: dict[str, str], work: Path, device: str, dtype: str, seed: int,
                    log=print) -> dict[str, dict]:
     """`cfg` is params.eval.benchmarks; returns {model: {task: {metric: value}}} ({} when none is set)."""
-    if not (cfg.gsm8k_test or cfg.ifeval):
+    if not (cfg.gsm8k_test or cfg.ifeval or cfg.gpqa):
         return {}
     tasks = write_tasks(work / "tasks", cfg.gsm8k_test and Path(cfg.gsm8k_test),
                         cfg.gsm8k_train and Path(cfg.gsm8k_train), cfg.ifeval and Path(cfg.ifeval),
-                        cfg.ifeval_max_tokens, cfg.gsm8k_max_tokens)
+                        cfg.ifeval_max_tokens, cfg.gsm8k_max_tokens, cfg.gpqa and Path(cfg.gpqa),
+                        tuple(cfg.gpqa_modes), cfg.gpqa_max_tokens)
     if cfg.ifeval:
         import json
 

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[eval]')")
 
 from srppo.data.records import DataError  # noqa: E402
-from srppo.lmeval import GSM8K, IFEVAL, ensure_punkt_tab, run, write_tasks  # noqa: E402
+from srppo.lmeval import GPQA, GPQA_COT, GPQA_FIELDS, GSM8K, IFEVAL, ensure_punkt_tab, run, write_tasks  # noqa: E402
 
 IFEVAL_ROWS = [
     {"key": 1, "prompt": "Write two sentences about rain. Do not use any commas.",
@@ -47,15 +47,30 @@ def test_punkt_tab_is_built_offline_and_splits_sentences(tmp_path):
     assert word_tokenize("No commas, please.") == ["No", "commas", ",", "please", "."]
 
 
-def test_gsm8k_and_ifeval_run_offline_on_the_tiny_model(tmp_path, tiny_dir, offline):
+def gpqa_csv(path, n: int):
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["Record ID", *GPQA_FIELDS])
+        writer.writeheader()
+        for i in range(n):
+            writer.writerow({"Record ID": f"r{i}", "Question": f"What is {i} + 1?", "Correct Answer": str(i + 1),
+                             "Incorrect Answer 1": str(i + 2), "Incorrect Answer 2": str(i + 3),
+                             "Incorrect Answer 3": str(i + 4)})
+    return path
+
+
+def test_gsm8k_ifeval_and_gpqa_run_offline_on_the_tiny_model(tmp_path, tiny_dir, offline):
     ensure_punkt_tab(tmp_path / "nltk_data", [r["prompt"] for r in IFEVAL_ROWS])
     tasks = write_tasks(tmp_path / "tasks", gsm8k_test=write_jsonl(tmp_path / "test.jsonl", gsm8k_rows(3)),
                         gsm8k_train=write_jsonl(tmp_path / "train.jsonl", gsm8k_rows(8, offset=10)),
                         ifeval=write_jsonl(tmp_path / "ifeval.jsonl", IFEVAL_ROWS), ifeval_max_tokens=16,
-                        gsm8k_max_tokens=16)
-    assert tasks == [GSM8K, IFEVAL]
+                        gsm8k_max_tokens=16, gpqa=gpqa_csv(tmp_path / "gpqa_main.csv", 4), gpqa_max_tokens=8)
+    assert tasks == [GSM8K, IFEVAL, GPQA, GPQA_COT]
     results = run(str(tiny_dir), tmp_path / "tasks", tasks, batch_size=4)
     gsm, ife = results[GSM8K], results[IFEVAL]
+    assert set(results[GPQA]) == {"acc", "acc_norm"} and 0.0 <= results[GPQA]["acc"] <= 1.0
+    assert set(results[GPQA_COT]) == {"exact_match/strict-match", "exact_match/flexible-extract"}
     assert set(gsm) >= {"exact_match/strict-match", "exact_match/flexible-extract"}
     assert set(ife) >= {"prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc"}
     for value in [*gsm.values(), *ife.values()]:
@@ -69,3 +84,10 @@ def test_bad_benchmark_file_is_named_before_any_model_loads(tmp_path):
     bad.write_text('{"key": 1, "prompt": "x", "kwargs": [{}]}\n')
     with pytest.raises(DataError, match=r"ifeval.jsonl row 1: field 'instruction_id_list' is missing"):
         write_tasks(tmp_path / "tasks", ifeval=bad)
+
+
+def test_gpqa_copy_without_its_columns_is_named(tmp_path):
+    bad = tmp_path / "gpqa.csv"
+    bad.write_text("Question,Correct Answer\nq,a\n")
+    with pytest.raises(DataError, match=r"gpqa.csv row 1: field 'Incorrect Answer 1' is missing"):
+        write_tasks(tmp_path / "tasks", gpqa=bad)
