@@ -16,16 +16,27 @@ from srppo.distributed import Stepper
 from srppo.ppo.losses import masked_mean
 
 
-def encode_demos(tok, demos: list[dict], max_len: int, source: str = "demonstrations") -> list[tuple]:
-    """(prompt_ids, response_ids) per demo; a row that does not fit `max_len` is an error, not a silent cut."""
-    encoded = []
+def encode_demos(tok, demos: list[dict], max_len: int, source: str = "demonstrations",
+                 overlength: str = "error", log=None) -> list[tuple]:
+    """(prompt_ids, response_ids) per demo. A row longer than `max_len` is an error, never a silent cut;
+    with overlength='drop' it is left out and the count reported (real data with a few long rows)."""
+    encoded, dropped = [], []
     for row, demo in enumerate(demos, start=1):
         p = encode_prompt(tok, demo["messages"])
         r = encode_response(tok, demo["messages"], demo["response"], p)
         if len(p) + len(r) > max_len:
+            if overlength == "drop":
+                dropped.append(row)
+                continue
             raise DataError(f"{source} row {row} (id {demo['id']}): prompt+response is {len(p) + len(r)} "
-                            f"tokens, over sft.max_len={max_len}; raise it or filter the row")
+                            f"tokens, over sft.max_len={max_len}; raise it, filter the row or set "
+                            f"sft.overlength: drop")
         encoded.append((p, r))
+    if dropped and log:
+        log(f"{source}: dropped {len(dropped)} of {len(demos)} rows over sft.max_len={max_len} "
+            f"(rows {dropped[:10]}{' ...' if len(dropped) > 10 else ''})")
+    if not encoded:
+        raise DataError(f"{source}: every row is over sft.max_len={max_len}")
     return encoded
 
 

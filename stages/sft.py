@@ -24,7 +24,8 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
     timer = Timer("sft")
     check_max_len(cfg.max_len, context_length(base_dir), base_dir)
     tok = load_tokenizer(base_dir)
-    encoded = encode_demos(tok, read_jsonl(demos_path), cfg.max_len, demos_path)
+    encoded = encode_demos(tok, read_jsonl(demos_path), cfg.max_len, demos_path, cfg.overlength,
+                           lambda msg: log("sft", msg))
     model = load_causal_lm(base_dir, device, dtype, trainable=True)
     ds_config = training_config(params.runtime, cfg.batch_size, cfg.grad_accum, cfg.max_grad_norm, dtype, cfg.lr)
     ckpt = stage_checkpointer(out_dir, params, ["runtime", "sft"], [base_dir, demos_path],

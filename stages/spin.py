@@ -26,7 +26,8 @@ def main(sft_dir, demos_path, out_dir, metrics_path, curves_csv) -> None:
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("spin")
     tok = load_tokenizer(sft_dir)
-    encoded = encode_demos(tok, read_jsonl(demos_path), params.sft.max_len, demos_path)
+    encoded = encode_demos(tok, read_jsonl(demos_path), params.sft.max_len, demos_path, params.sft.overlength,
+                           lambda msg: log("spin", msg))
     model = load_causal_lm(sft_dir, device, dtype, trainable=True)
     opponent = frozen(sft_dir, device, dtype)  # iteration 0 plays against p_SFT itself
     engine = rollout_engine(params.rollouts, model, tok, sft_dir, seed, dtype)

@@ -121,3 +121,14 @@ def test_logprobs_suffix_matches_full_computation(tiny_dir):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     full = torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0] * batch.action_mask
     assert torch.allclose(fast, full, atol=1e-5)
+
+
+def test_overlength_demos_can_be_dropped_and_counted(tiny_dir):
+    tok = load_tokenizer(tiny_dir)
+    demos = [{"id": "short", "messages": MSG, "response": "ok"},
+             {"id": "long", "messages": MSG, "response": "long answer here " * 20}]
+    said = []
+    encoded = encode_demos(tok, demos, max_len=40, source="demos.jsonl", overlength="drop", log=said.append)
+    assert len(encoded) == 1 and said == ["demos.jsonl: dropped 1 of 2 rows over sft.max_len=40 (rows [2])"]
+    with pytest.raises(ValueError, match=r"demos.jsonl row 2 \(id long\).*sft.overlength: drop"):
+        encode_demos(tok, demos, max_len=40, source="demos.jsonl")
