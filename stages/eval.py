@@ -12,7 +12,7 @@ from srppo.data.records import read_jsonl, write_jsonl
 from srppo.evaluate import HEADLINE, generate_responses, markdown_table, score_items, summarise
 from srppo.io import write_json, write_text_atomic
 from srppo.judge import judge_outputs, load_instructions
-from srppo.lmeval import benchmark_table, run_benchmarks
+from srppo.lmeval import benchmark_table, ensure_punkt_tab, run_benchmarks
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.roles import frozen, prompt_ids, rollout_engine
 from srppo.runner import Timer, load, log, progress
@@ -39,6 +39,9 @@ def main(eval_path, out_dir, metrics_path, *pairs) -> None:
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("eval")
     items = read_jsonl(eval_path)
+    ifeval_prompts = [c["prompt"] for it in items for c in it["checks"] if c.get("kind") == "ifeval" and "prompt" in c]
+    if ifeval_prompts:  # IFEval's checkers count sentences with nltk's Punkt: make sure it is there, offline
+        log("eval", f"punkt_tab: {ensure_punkt_tab(Path('data/cache/nltk_data').resolve(), ifeval_prompts)}")
     first = paths[cfg.models[0]]  # all roles share the tokenizer and context
     prompt_ids(load_tokenizer(first), items, eval_path, cfg.max_new_tokens, context_length(first))
     out = Path(out_dir)

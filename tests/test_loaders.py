@@ -99,8 +99,21 @@ def test_ifeval_format_keeps_kwargs_exact(tmp_path):
     a, b = load_records(str(f), "ifeval")
     assert a == {"id": "1000", "messages": [msg("user", "No commas please.")], "family": "ifeval", "checks": [
         {"kind": "ifeval", "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
-         "kwargs": [{}, {"relation": "at least", "num_words": 300}]}]}
+         "kwargs": [{}, {"relation": "at least", "num_words": 300}], "prompt": "No commas please."}]}
     assert b["checks"][0]["kwargs"] == [{"num_highlights": 3}] and "response" not in b
+
+
+def test_ifeval_checks_score_with_ifevals_own_checkers():
+    pytest.importorskip("lm_eval", reason="IFEval's checkers come with the eval extra")
+    from srppo.testbed import check_response
+
+    check = {"kind": "ifeval", "instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"],
+             "kwargs": [{}, {}], "prompt": "Answer in lowercase without commas."}
+    assert check_response("all lowercase and no commas here", [check])["strict"]
+    assert not check_response("all lowercase, but a comma", [check])["strict"]
+    assert not check_response("Capital letters here", [check])["strict"]
+    # loose scoring, as in IFEval: a first line like "Sure:" is dropped before checking
+    assert check_response("**all lowercase**", [check])["loose"]
 
 
 def test_records_format_full_flat_and_parquet(tmp_path):

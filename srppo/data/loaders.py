@@ -347,7 +347,7 @@ def _from_ifeval(raw: dict, ctx: _Ctx) -> dict:
         raise ctx.err("instruction_id_list", f"must be a non-empty list of strings, got {type_name(ids)}")
     if not isinstance(kwargs, list) or len(kwargs) != len(ids) or not all(isinstance(k, dict) for k in kwargs):
         raise ctx.err("kwargs", "must be a list of objects, one per entry of 'instruction_id_list'")
-    check = {"kind": "ifeval", "instruction_id_list": ids, "kwargs": kwargs}
+    check = {"kind": "ifeval", "instruction_id_list": ids, "kwargs": kwargs, "prompt": prompt}
     return _build(raw, ctx, [{"role": "user", "content": prompt}], checks=[check])
 
 

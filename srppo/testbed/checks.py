@@ -109,6 +109,29 @@ def _final_answer(text: str, spec: Spec) -> bool:
     return answer is not None and abs(answer - float(_param(spec, "value"))) < 1e-9
 
 
+def _ifeval(text: str, spec: Spec) -> bool:
+    """IFEval's own instruction checkers (lm-eval's registry, the `eval` extra): every instruction followed.
+
+    The same calls as lm-eval's test_instruction_following_strict; loose scoring comes from
+    `loose_variants`, as in IFEval.
+    """
+    try:
+        from lm_eval.tasks.ifeval.instructions_registry import INSTRUCTION_DICT
+    except ImportError as err:
+        raise ImportError("checks of kind 'ifeval' use lm-eval's IFEval checkers: pip install -e '.[eval]'") from err
+    if not text.strip():
+        return False
+    for iid, kwargs in zip(spec["instruction_id_list"], spec["kwargs"]):
+        instruction = INSTRUCTION_DICT[iid](iid)
+        instruction.build_description(**{k: v for k, v in (kwargs or {}).items() if v is not None})
+        args = instruction.get_instruction_args()
+        if args and "prompt" in args:
+            instruction.build_description(prompt=spec.get("prompt", ""))
+        if not instruction.check_following(text):
+            return False
+    return True
+
+
 CHECKERS: dict[str, Checker] = {
     "uppercase": _uppercase,
     "lowercase": _lowercase,
@@ -121,6 +144,7 @@ CHECKERS: dict[str, Checker] = {
     "title_brackets": _title_brackets,
     "no_comma": _no_comma,
     "final_answer": _final_answer,
+    "ifeval": _ifeval,
 }
 
 
