@@ -54,9 +54,9 @@ def gpqa_csv(path, n: int):
         writer = csv.DictWriter(f, fieldnames=["Record ID", *GPQA_FIELDS])
         writer.writeheader()
         for i in range(n):
-            writer.writerow({"Record ID": f"r{i}", "Question": f"What is {i} + 1?", "Correct Answer": str(i + 1),
-                             "Incorrect Answer 1": str(i + 2), "Incorrect Answer 2": str(i + 3),
-                             "Incorrect Answer 3": str(i + 4)})
+            writer.writerow({"Record ID": f"r{i}", "Question": f"Which gas do plants take in, case {i}?",
+                             "Correct Answer": "carbon dioxide", "Incorrect Answer 1": "helium",
+                             "Incorrect Answer 2": "neon", "Incorrect Answer 3": "argon"})
     return path
 
 
