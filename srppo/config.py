@@ -130,6 +130,19 @@ class SFTConfig(Section):
         "(the default's 72 steps checkpoint 3 times); 0 = off. A rerun resumes from the latest.")
 
 
+class LoRAConfig(Section):
+    """Low-rank adapters instead of full fine-tuning (srppo/lora.py). With `enabled`, SFT trains an adapter on
+    p_PT and PPO keeps ONE copy of the base weights: p_PT = adapters off, p_SFT = the SFT adapter, actor and
+    critic = their own adapters initialised from it. Needs the `lora` extra (peft); hf engine, one process."""
+
+    enabled: bool = Field(False, description="Train adapters (sft and ppo stages) instead of all weights.")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, description="Scale: the update is (alpha / r) * B A.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Which linear layers get adapters: 'all-linear' (every one but the LM head) "
+        "or module names, e.g. [q_proj, v_proj].")
+
 class SPINConfig(Section):
     """The SPIN baseline (Table 1, stage `spin` of comparison/dvc.yaml): DPO with demonstrations as chosen
     and the current model's samples as rejected, the previous iterate as the frozen opponent."""
@@ -344,6 +357,7 @@ class Params(Section):
     base: BaseConfig = BaseConfig()
     prepare: PrepareConfig = PrepareConfig()
     sft: SFTConfig = SFTConfig()
+    lora: LoRAConfig = LoRAConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
     rollouts: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
@@ -368,6 +382,9 @@ class Params(Section):
         if self.reward.source == "model" and self.ppo.reward_mode == "token":
             raise ValueError("ppo.reward_mode='token' is the coherent reward's per-token log-ratio: it needs "
                              "reward.source='coherent'")
+        if self.lora.enabled and (self.rollouts.engine != "hf" or self.runtime.num_processes > 1):
+            raise ValueError("lora.enabled runs the four roles on one shared base model in one process: it needs "
+                             "rollouts.engine='hf' and runtime.num_processes=1")
         if self.ppo.critic_warmup_buffers > self.rollouts.n_buffers:
             raise ValueError(f"ppo.critic_warmup_buffers ({self.ppo.critic_warmup_buffers}) exceeds "
                              f"rollouts.n_buffers ({self.rollouts.n_buffers})")
