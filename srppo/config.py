@@ -133,7 +133,8 @@ class SFTConfig(Section):
 class LoRAConfig(Section):
     """Low-rank adapters instead of full fine-tuning (srppo/lora.py). With `enabled`, SFT trains an adapter on
     p_PT and PPO keeps ONE copy of the base weights: p_PT = adapters off, p_SFT = the SFT adapter, actor and
-    critic = their own adapters initialised from it. Needs the `lora` extra (peft); hf engine, one process."""
+    critic = their own adapters initialised from it. Needs the `lora` extra (peft); hf engine, one process.
+    Library-level for now (srppo/lora.py): not yet a params section read by the stages."""
 
     enabled: bool = Field(False, description="Train adapters (sft and ppo stages) instead of all weights.")
     r: int = Field(16, ge=1, description="Adapter rank.")
@@ -357,7 +358,6 @@ class Params(Section):
     base: BaseConfig = BaseConfig()
     prepare: PrepareConfig = PrepareConfig()
     sft: SFTConfig = SFTConfig()
-    lora: LoRAConfig = LoRAConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
     rollouts: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
@@ -382,9 +382,6 @@ class Params(Section):
         if self.reward.source == "model" and self.ppo.reward_mode == "token":
             raise ValueError("ppo.reward_mode='token' is the coherent reward's per-token log-ratio: it needs "
                              "reward.source='coherent'")
-        if self.lora.enabled and (self.rollouts.engine != "hf" or self.runtime.num_processes > 1):
-            raise ValueError("lora.enabled runs the four roles on one shared base model in one process: it needs "
-                             "rollouts.engine='hf' and runtime.num_processes=1")
         if self.ppo.critic_warmup_buffers > self.rollouts.n_buffers:
             raise ValueError(f"ppo.critic_warmup_buffers ({self.ppo.critic_warmup_buffers}) exceeds "
                              f"rollouts.n_buffers ({self.rollouts.n_buffers})")
