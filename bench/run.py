@@ -1,4 +1,4 @@
-"""Performance of the embedded default against the targets of issue #7, in one run.
+"""Performance of the embedded default against its performance targets, in one run.
 
     python bench/run.py            # ~15 minutes on 2 cores -> docs/results/benchmarks.{md,json}
     python bench/run.py --quick    # tiny workloads, a smoke check -> /tmp/srppo-bench-quick.{md,json}
@@ -101,7 +101,7 @@ def ppo_flops(r: dict, models_trained: int, models_scoring: int) -> float:
 
 
 def derive(res: dict) -> dict:
-    """The figures the table shows, each next to its issue #7 target."""
+    """The figures the table shows, each next to its target."""
     mm, sft, gae, grpo, trl = (res[k] for k in ("matmul", "sft", "ppo_gae", "ppo_grpo", "trl_grpo"))
     peak = max(mm["fp32_gflops"], res["matmul_end"]["fp32_gflops"]) * 1e9
     train_rate = lambda r, models: 6 * r["params"] * r["total"]["tokens"] * models / r["total"]["train"]
@@ -216,7 +216,7 @@ def phases(res: dict) -> list[str]:
 def report(res: dict, d: dict, cmd: str) -> str:
     m, gae, trl = res["matmul"]["machine"], res["ppo_gae"], res["trl_grpo"]
     head = [
-        "# Benchmarks: the embedded default against the targets of issue #7", "",
+        "# Benchmarks: the embedded default against its performance targets", "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), SIMD {', '.join(m['simd'])}; "
         f"torch {m['torch']} with {m['torch_threads']} threads, transformers {m['transformers']}, "
         f"TRL {trl['trl']}, Python {m['python']}. Model SmolLM2-135M ({gae['params'] / 1e6:.1f}M parameters), "
