@@ -23,7 +23,9 @@ METHODS = ["SFT", "SFT (extended)", "SPIN", "PPO w/ RM", "**SRPPO**"]
 @pytest.fixture(scope="module")
 def grid_repo(tmp_path_factory, tiny_dir):
     repo = make_repo(tmp_path_factory.mktemp("grid"), tiny_dir)
-    shutil.copytree(ROOT / "comparison", repo / "comparison", ignore=shutil.ignore_patterns("data", "*.lock"))
+    # the pipeline definition only: not the committed results of the embedded run
+    shutil.copytree(ROOT / "comparison", repo / "comparison",
+                    ignore=shutil.ignore_patterns("data", "metrics", "plots", "*.lock"))
     grid = {"overlaps": ["minimum"], "seeds": [1], "sft_extended_epochs": 0.5}
     (repo / "comparison" / "grid.yaml").write_text(yaml.safe_dump(grid))
     return repo

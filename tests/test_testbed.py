@@ -84,6 +84,7 @@ def test_arithmetic_answers_are_small_and_consistent():
 # ---- checkers ------------------------------------------------------------------------
 
 FAILING = [
+    ("ifeval", {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}], "prompt": "No commas."}, "Rain, then sun."),
     ("uppercase", {}, "RAIN is water."),
     ("lowercase", {}, "Rain is water."),
     ("include_keyword", {"keyword": "clouds"}, "Rain falls from the cloudscape."),
