@@ -133,8 +133,9 @@ class SFTConfig(Section):
 class LoRAConfig(Section):
     """Low-rank adapters instead of full fine-tuning (srppo/lora.py). With `enabled`, SFT trains an adapter on
     p_PT and PPO keeps ONE copy of the base weights: p_PT = adapters off, p_SFT = the SFT adapter, actor and
-    critic = their own adapters initialised from it. Needs the `lora` extra (peft); hf engine, one process.
-    Library-level for now (srppo/lora.py): not yet a params section read by the stages."""
+    critic = their own adapters initialised from it. Read by the sft and ppo stages; needs the `lora` extra
+    (peft), the hf engine and one process. Adapters usually want a larger sft.lr / ppo.actor_lr than full
+    fine-tuning (LoRA's own paper used 1e-4 to 2e-4 where full fine-tuning used 1e-5)."""
 
     enabled: bool = Field(False, description="Train adapters (sft and ppo stages) instead of all weights.")
     r: int = Field(16, ge=1, description="Adapter rank.")
@@ -280,6 +281,15 @@ class PPOConfig(Section):
     micro_batch_size: int | None = Field(
         None, ge=1, description="Sequences per forward/backward within a mini-batch, per process, with "
         "gradient accumulation; null = the process's whole share of the mini-batch at once.")
+    logp_old: Literal["auto", "engine", "actor"] = Field(
+        "auto", description="Where PPO's sampling-time log-probs (the ratio's denominator) come from. 'engine': "
+        "as the rollout engine reports them while sampling, saving one actor forward per buffer; 'actor': a "
+        "no-grad actor forward after sampling. 'auto': engine for the hf engine (the same fp32 model and "
+        "temperature: equal up to float noise), actor for vLLM (its kernels and dtype differ). Either way the "
+        "gap between the two is logged (engine_logprob_gap_max). Needs rollouts.top_p = 1 to use the engine's.")
+    group_by_length: bool = Field(
+        True, description="Put rollouts of similar length in the same mini-batch (mini-batches in random order): "
+        "a forward is as wide as its longest row, so mixed lengths pay for padding.")
     whiten_advantages: bool = Field(
         True, description="Whiten GAE advantages over the buffer. Critic-free estimators ignore it: they set "
         "their own scale (group std, whitening by definition, or raw on purpose).")
@@ -366,6 +376,7 @@ class Params(Section):
     spin: SPINConfig = SPINConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     data_filter: DataFilterConfig = DataFilterConfig()
+    lora: LoRAConfig = LoRAConfig()
 
     @model_validator(mode="after")
     def _cross_section(self):
@@ -382,6 +393,12 @@ class Params(Section):
         if self.reward.source == "model" and self.ppo.reward_mode == "token":
             raise ValueError("ppo.reward_mode='token' is the coherent reward's per-token log-ratio: it needs "
                              "reward.source='coherent'")
+        if self.lora.enabled and (n > 1 or self.rollouts.engine != "hf"):
+            raise ValueError("lora.enabled runs in one process with rollouts.engine='hf' (the roles share one base "
+                             f"model in memory); got runtime.num_processes={n}, rollouts.engine='{self.rollouts.engine}'")
+        if self.ppo.logp_old == "engine" and self.rollouts.top_p < 1:
+            raise ValueError("ppo.logp_old='engine' needs rollouts.top_p = 1: under top-p the engine's log-probs "
+                             "are the renormalised nucleus's, not the distribution PPO's ratio uses")
         if self.ppo.critic_warmup_buffers > self.rollouts.n_buffers:
             raise ValueError(f"ppo.critic_warmup_buffers ({self.ppo.critic_warmup_buffers}) exceeds "
                              f"rollouts.n_buffers ({self.rollouts.n_buffers})")

@@ -162,7 +162,11 @@ class Stepper:
                  grad_accum: int = 1):
         self.model, self.max_grad_norm, self.engine, self.grad_accum = model, max_grad_norm, None, grad_accum
         if ds_config is None:
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+            # fused: one kernel per parameter instead of foreach's passes, and none of their
+            # parameter-sized temporaries (each ~0.5 GB at 135M parameters in fp32)
+            params = list(model.parameters())
+            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
             return
         import deepspeed
 

@@ -37,6 +37,7 @@ def lora_config(cfg):
 def add_adapter(model, cfg):
     """Wrap a causal LM for LoRA training: only the adapter's weights are trainable. (peft's "default"
     adapter name: others are saved into a subdirectory.)"""
+    require_peft()
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(cfg))
@@ -54,6 +55,20 @@ def save_sft(peft_model, tok, out_dir: Path, save_pretrained) -> None:
 
 def has_adapter(sft_dir) -> bool:
     return (Path(sft_dir) / ADAPTER_DIR / "adapter_config.json").exists()
+
+
+def require_adapter(sft_dir) -> None:
+    if not has_adapter(sft_dir):
+        raise FileNotFoundError(f"lora.enabled, but {Path(sft_dir) / ADAPTER_DIR} holds no adapter "
+                                f"(adapter_config.json): p_SFT was fully fine-tuned; rerun the sft stage with "
+                                f"lora.enabled: true, or set it false")
+
+
+def require_peft() -> None:
+    try:
+        import peft  # noqa: F401
+    except ImportError as err:
+        raise ImportError("lora.enabled needs peft: pip install -e '.[lora]'") from err
 
 
 def _lora_layers(model) -> list:
@@ -178,6 +193,7 @@ class CriticRole(nn.Module):
 
 def shared_roles(base_dir, sft_dir, device, dtype, load_causal_lm) -> tuple[SharedBase, dict]:
     """actor, critic, sft, pt over one copy of p_PT's weights and p_SFT's adapter."""
+    require_peft()
     shared = SharedBase(load_causal_lm(base_dir, device, dtype, trainable=False), Path(sft_dir) / ADAPTER_DIR)
     shared.model.to(device)
     roles = {"actor": AdapterRole(shared, "actor"), "critic": CriticRole(shared, dtype).to(device),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import random
@@ -29,8 +30,21 @@ class ModelError(RuntimeError):
     """A model or tokenizer directory that cannot serve the pipeline; names the path and the reason."""
 
 
+def return_freed_memory_to_the_os() -> bool:
+    """Serve every host allocation of 1 MiB or more with its own mmap (glibc), so a freed tensor goes back
+    to the OS. glibc's default threshold rises to 32 MiB after the first large free, after which
+    activation-sized tensors come from the heap and fragment it: a PPO stage then holds ~1 GB it no
+    longer uses. Paging in fresh memory costs well under 1 % of a training step. No-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.mallopt(-3, 1 << 20) == 1  # M_MMAP_THRESHOLD; also fixes it (no dynamic raise)
+    except (OSError, AttributeError):
+        return False
+
+
 def setup_runtime(rt: RuntimeConfig) -> tuple[torch.device, torch.dtype]:
     """Seed everything and pick device/dtype once per stage."""
+    return_freed_memory_to_the_os()
     if rt.threads:
         torch.set_num_threads(rt.threads)
     random.seed(rt.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from srppo.config import RewardConfig, RolloutConfig
 from srppo.data.chat import encode_prompt, encode_response
 from srppo.data.records import DataError
-from srppo.models import load_causal_lm
+from srppo.models import load_causal_lm, load_value_model
 from srppo.rollout.engine import Generation, SamplingParams, make_engine
 
 
@@ -57,3 +57,28 @@ def reward_model_or_none(cfg: RewardConfig, device, dtype):
     from srppo.reward_model import load_reward_model
 
     return load_reward_model(cfg.model_path, device, dtype).eval()
+
+
+def ppo_roles(params, base_dir, sft_dir, device, dtype, shard=lambda model: model):
+    """PPO's actor, critic, p_SFT and p_PT (or the reward model), and a function giving the actor to save.
+
+    Full fine-tuning loads four models (`shard` partitions the frozen ones under ZeRO-3). With
+    lora.enabled the four are views on ONE copy of the pretrained weights (srppo/lora.py): p_PT with the
+    adapters off, p_SFT = the SFT stage's adapter, actor and critic their own adapters started from it.
+    """
+    from srppo.ppo.trainer import Roles
+
+    coherent = params.reward.source == "coherent"
+    reward_model = None if coherent else shard(reward_model_or_none(params.reward, device, dtype))
+    if params.lora.enabled:
+        from srppo import lora
+
+        lora.require_adapter(sft_dir)
+        shared, views = lora.shared_roles(base_dir, sft_dir, device, dtype, load_causal_lm)
+        roles = Roles(views["actor"], views["critic"], views["sft"], views["pt"] if coherent else None, reward_model)
+        return roles, lambda: shared.merged("actor")
+    roles = Roles(actor=load_causal_lm(sft_dir, device, dtype, trainable=True),
+                  critic=load_value_model(sft_dir, device, dtype),
+                  sft=shard(frozen(sft_dir, device, dtype)),
+                  pt=shard(frozen(base_dir, device, dtype)) if coherent else None, reward_model=reward_model)
+    return roles, lambda: roles.actor

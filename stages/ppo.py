@@ -11,11 +11,11 @@ from srppo import distributed, plots
 from srppo.checkpoint import stage_checkpointer
 from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, read_json, write_csv, write_json
-from srppo.models import (context_length, load_causal_lm, load_tokenizer, load_value_model, save_pretrained,
-                          setup_runtime)
-from srppo.ppo.trainer import PPOTrainer, Roles, length_guard_tripped, prompt_stream
+from srppo.lora import adapter_summary
+from srppo.models import context_length, load_tokenizer, save_pretrained, setup_runtime
+from srppo.ppo.trainer import PPOTrainer, length_guard_tripped, prompt_stream
 from srppo.rewards import RewardNormalizer
-from srppo.roles import frozen, prompt_ids, reward_model_or_none, rollout_engine, sampling_params
+from srppo.roles import ppo_roles, prompt_ids, rollout_engine, sampling_params
 from srppo.rollout.buffer import read_buffers
 from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config
 
@@ -72,19 +72,16 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     engine = None if rcfg.engine == "hf" else rollout_engine(rcfg, None, tok, sft_dir, params.runtime.seed, dtype)
     ds = lambda lr: training_config(params.runtime, cfg.mini_batch_size, 1, cfg.max_grad_norm, dtype, lr)
     coherent = params.reward.source == "coherent"
-    with timer.phase(f"load actor, critic, p_SFT, {'p_PT' if coherent else 'reward model'}"):
-        shard = lambda model: distributed.shard_frozen(model, ds(cfg.actor_lr))
-        roles = Roles(actor=load_causal_lm(sft_dir, device, dtype, trainable=True),
-                      critic=load_value_model(Path(sft_dir), device, dtype),
-                      sft=shard(frozen(sft_dir, device, dtype)),
-                      pt=shard(frozen(base_dir, device, dtype)) if coherent else None,
-                      reward_model=None if coherent else shard(reward_model_or_none(params.reward, device, dtype)))
+    roles_name = "actor, critic, p_SFT, " + ("p_PT" if coherent else "reward model")
+    with timer.phase(f"load {roles_name}" + (" (LoRA views on one base)" if params.lora.enabled else "")):
+        roles, actor_to_save = ppo_roles(params, base_dir, sft_dir, device, dtype,
+                                         shard=lambda model: distributed.shard_frozen(model, ds(cfg.actor_lr)))
     engine = engine or rollout_engine(rcfg, roles.actor, tok, sft_dir, params.runtime.seed, dtype)
     trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
                          RewardNormalizer.from_dict(read_json(norm_path)), dump_dir=Path(out_dir).parent / "debug",
                          ds_actor=ds(cfg.actor_lr), ds_critic=ds(cfg.critic_lr),
                          forward_batch_size=rcfg.score_batch_size)
-    ckpt = stage_checkpointer(out_dir, params, ["runtime", "ppo", "rollouts", "reward"],
+    ckpt = stage_checkpointer(out_dir, params, ["runtime", "ppo", "rollouts", "reward", "lora"],
                               [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir,
                                *([] if coherent else [params.reward.model_path])],
                               checkpoint_interval(params.runtime, cfg.checkpoint_every, "ppo"),
@@ -108,7 +105,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     with timer.phase("save actor"), distributed.gathered(roles.actor), distributed.main_first() as main_rank:
         if main_rank:
             with atomic_dir(out_dir) as tmp:
-                save_pretrained(roles.actor, tok, tmp)
+                save_pretrained(actor_to_save(), tok, tmp)
     engine.close()
     if not distributed.is_main():
         return
@@ -121,7 +118,8 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         "kl_last": last["kl"], "response_length_first": first["response_length"],
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
-        "processes": distributed.world_size(), **engine_report(rcfg.engine, ppo_rows), **timer.report()})
+        "processes": distributed.world_size(), **engine_report(rcfg.engine, ppo_rows),
+        "lora": adapter_summary(sft_dir) if params.lora.enabled else None, **timer.report()})
     ckpt.clear()
 
 

@@ -6,7 +6,7 @@ usage: python stages/sft.py BASE_DIR DEMOS_JSONL OUT_DIR METRICS_JSON LOSS_CSV
 import sys
 from pathlib import Path
 
-from srppo import distributed, plots
+from srppo import distributed, lora, plots
 from srppo.checkpoint import stage_checkpointer
 from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir, write_csv, write_json
@@ -27,8 +27,10 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
     encoded = encode_demos(tok, read_jsonl(demos_path), cfg.max_len, demos_path, cfg.overlength,
                            lambda msg: log("sft", msg))
     model = load_causal_lm(base_dir, device, dtype, trainable=True)
+    if params.lora.enabled:  # train an adapter; the base weights stay p_PT's
+        model = lora.add_adapter(model, params.lora)
     ds_config = training_config(params.runtime, cfg.batch_size, cfg.grad_accum, cfg.max_grad_norm, dtype, cfg.lr)
-    ckpt = stage_checkpointer(out_dir, params, ["runtime", "sft"], [base_dir, demos_path],
+    ckpt = stage_checkpointer(out_dir, params, ["runtime", "sft", "lora"], [base_dir, demos_path],
                               checkpoint_interval(params.runtime, cfg.checkpoint_every, "sft"),
                               lambda msg: log("sft", msg))
     n_micro = sum(1 for _ in micro_batches(len(encoded), cfg.batch_size, cfg.epochs, params.runtime.seed))
@@ -41,7 +43,10 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
     with timer.phase("save"), distributed.gathered(model), distributed.main_first() as main_rank:
         if main_rank:
             with atomic_dir(out_dir) as tmp:
-                save_pretrained(model, tok, tmp)
+                if params.lora.enabled:  # the adapter (for PPO) and the merged weights (for everyone else)
+                    lora.save_sft(model, tok, tmp, save_pretrained)
+                else:
+                    save_pretrained(model, tok, tmp)
     if not distributed.is_main():
         return
     write_csv(loss_csv, history)

@@ -20,3 +20,14 @@ def tiny_sft_dir(tmp_path_factory) -> Path:
     from tiny import build_tiny_lm
 
     return build_tiny_lm(tmp_path_factory.mktemp("tiny") / "sft", seed=1)
+
+
+@pytest.fixture(scope="session")
+def reproduced_smoke(tmp_path_factory, tiny_dir):
+    """The project as a committed git + DVC repo (smoke preset on the tiny model) after one full `dvc repro`,
+    and that run's log. Tests that need a reproduced pipeline copy it (`copy_repo`) instead of paying
+    for the whole pipeline again."""
+    from test_flows_support import make_repo, run
+
+    repo = make_repo(tmp_path_factory.mktemp("smoke") / "repo", tiny_dir)
+    return repo, run(["dvc", "repro"], repo)

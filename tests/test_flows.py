@@ -5,7 +5,7 @@ import sys
 
 import pytest
 from conftest import ROOT
-from test_flows_support import (STAGES, background, lineage, lock, make_repo, prefect_env, prefect_server, run,
+from test_flows_support import (STAGES, background, copy_repo, lineage, lock, prefect_env, prefect_server, run,
                                 statuses, tiny_overrides, wait_until)
 
 from flows import lineage as lineage_mod
@@ -74,7 +74,7 @@ def _artifact(client, flow_run_id, key: str):
 
 
 @pytest.mark.slow
-def test_ui_triggered_run_with_override_reruns_only_affected_stages(tmp_path, tiny_dir, monkeypatch):
+def test_ui_triggered_run_with_override_reruns_only_affected_stages(tmp_path, tiny_dir, reproduced_smoke, monkeypatch):
     # This process talks to the server too: its Prefect settings must not come from the user's home.
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "client-home"))
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -83,12 +83,11 @@ def test_ui_triggered_run_with_override_reruns_only_affected_stages(tmp_path, ti
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    repo = make_repo(tmp_path / "repo", tiny_dir)
+    # The baseline, reproduced by hand (`dvc repro`) before the server starts: the flow must adopt it, not redo it.
+    repo = copy_repo(reproduced_smoke[0], tmp_path / "repo")
     run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], repo)  # the default: a local directory
     home = tmp_path / "prefect"
     with prefect_server(home, tmp_path / "server.log") as (api, server_ready):
-        # The baseline, reproduced by hand while the server starts: the flow must adopt it, not redo it.
-        run(["dvc", "repro"], repo)
         before = lock(repo)
         server_ready()
         env = prefect_env(home, api, PREFECT_WORKER_QUERY_SECONDS="1")

@@ -60,6 +60,12 @@ def make_repo(path: Path, tiny_dir: Path) -> Path:
     return path
 
 
+def copy_repo(src: Path, dest: Path) -> Path:
+    """A copy of a reproduced repository (git history, DVC cache, outputs, dvc.lock): as up to date as `src`."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
 def clone(origin: Path, path: Path) -> Path:
     run(["git", "clone", "-q", str(origin), str(path)], origin.parent)
     run(["git", "config", "user.email", "ci@example.com"], path)

@@ -82,3 +82,34 @@ def test_roles_share_one_base_and_only_the_actor_moves(lora_sft, tiny_dir):
     with torch.no_grad():
         assert torch.allclose(token_logprobs(merged, batch), lp("actor"), atol=1e-5)
         assert torch.equal(lp("sft"), sft0)  # merging a copy left the shared model as it was
+
+
+def test_sft_and_ppo_stages_train_adapters_over_one_base(tmp_path, tiny_dir):
+    """lora.enabled through the real stage scripts: sft saves an adapter next to merged weights, ppo
+    trains the actor's adapter over the shared base and saves the merged actor."""
+    import json
+
+    from test_resume import make_repo, run
+
+    from srppo.io import write_json
+    from srppo.models import param_fingerprint
+    from srppo.rewards import RewardNormalizer
+
+    repo = make_repo(tmp_path, tiny_dir, {"lora": {"enabled": True, "r": 4, "alpha": 8},
+                                         "sft": {"epochs": 2, "lr": 1e-3, "checkpoint_every": 0},
+                                         "ppo": {"iterations": 2, "actor_lr": 1e-3, "checkpoint_every": 0}})
+    run(["python", "stages/sft.py", "data/base", "data/prepared/demos.jsonl", "data/sft", "metrics/sft.json",
+         "plots/sft_loss.csv"], repo)
+    assert (repo / "data/sft" / ADAPTER_DIR / "adapter_config.json").exists()
+    write_json(repo / "data/calibrate/reward_norm.json", RewardNormalizer().to_dict())
+    run(["python", "stages/rollouts.py", "data/base", "data/sft", "data/prepared/ppo_prompts.jsonl",
+         "data/rollouts", "metrics/rollouts.json"], repo)
+    log = run(["python", "stages/ppo.py", "data/base", "data/sft", "data/prepared/ppo_prompts.jsonl",
+               "data/calibrate/reward_norm.json", "data/rollouts", "data/ppo", "metrics/ppo.json",
+               "plots/ppo_curves.csv"], repo)
+    assert "LoRA views on one base" in log
+    metrics = json.loads((repo / "metrics/ppo.json").read_text())
+    assert metrics["iterations"] == 2 and metrics["lora"]["r"] == 4
+    assert metrics["engine_logprob_gap_max"] < 1e-4  # the sampling log-probs are the adapter actor's
+    fingerprints = [param_fingerprint(load_causal_lm(repo / d, CPU, F32)) for d in ("data/base", "data/sft", "data/ppo")]
+    assert len(set(fingerprints)) == 3  # SFT moved p_PT, PPO moved p_SFT

@@ -43,11 +43,6 @@ def make_repo(repo, base_dir, override: dict | None = None):
     return repo
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, tiny_dir):
-    return make_repo(tmp_path_factory.mktemp("pipeline"), tiny_dir)
-
-
 def apply_preset_dict(raw: dict):
     import tempfile
 
@@ -56,8 +51,10 @@ def apply_preset_dict(raw: dict):
     return apply_preset(f.name)
 
 
-def test_full_repro_then_noop_then_only_ppo_and_eval(repo):
-    first = run(["dvc", "repro"], repo)
+def test_full_repro_then_noop_then_only_ppo_and_eval(reproduced_smoke, tmp_path):
+    from test_flows_support import copy_repo
+
+    repo, first = copy_repo(reproduced_smoke[0], tmp_path / "repo"), reproduced_smoke[1]  # the first `dvc repro`
     assert stages_run(first) == {"base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"}
     assert (repo / "data" / "ppo" / "model.safetensors").exists()
     metrics = json.loads((repo / "metrics" / "eval.json").read_text())

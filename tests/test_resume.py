@@ -42,14 +42,14 @@ def run(cmd, cwd) -> str:
     return res.stdout + res.stderr
 
 
-def make_repo(root: Path, tiny_dir: Path) -> Path:
+def make_repo(root: Path, tiny_dir: Path, overrides: dict | None = None) -> Path:
     from srppo.data.prepare import prepare
 
     for item in ("srppo", "stages", "configs"):
         shutil.copytree(ROOT / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    params = validate(deep_merge(SMALL, {"base": {"name_or_path": str(tiny_dir), "gguf_package": None,
-                                                   "gguf_file": None}}))
+    params = validate(deep_merge(deep_merge(SMALL, overrides or {}),
+                                 {"base": {"name_or_path": str(tiny_dir), "gguf_package": None, "gguf_file": None}}))
     (root / "params.yaml").write_text(dump_params(params))
     shutil.copytree(tiny_dir, root / "data" / "base")
     for name, recs in prepare(params.prepare).items():

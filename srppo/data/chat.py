@@ -48,6 +48,18 @@ class Batch:
                      self.first_action)
 
 
+def select_rows(batch: Batch, idx: torch.Tensor) -> Batch:
+    """Rows `idx` of a batch, cut to the longest of them: with right padding the columns past it hold only
+    padding, and a forward costs in proportion to the width. Tensors laid out like `action_mask`
+    (B, T-1) line up with the result after `[:, :width - 1]`."""
+    attn = batch.attention_mask[idx]
+    width = max(int(attn.sum(-1).max()), 2) if len(idx) else batch.input_ids.shape[1]
+    action = batch.action_mask[idx][:, : width - 1]
+    acting = action.any(0).nonzero()
+    first = int(acting[0]) if len(acting) else min(batch.first_action, width - 2)  # this subset's shortest prompt
+    return Batch(batch.input_ids[idx][:, :width], attn[:, :width], action, max(batch.first_action, first))
+
+
 def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Batch:
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     T = max(lengths)

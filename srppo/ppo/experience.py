@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from srppo.data.chat import Batch, collate
+from srppo.data.chat import Batch, collate, select_rows
 from srppo.logprobs import token_logprobs
 from srppo.ppo.estimators import CRITIC_FREE, get_estimator
 from srppo.ppo.losses import kl_penalty, masked_whiten
@@ -53,16 +53,25 @@ class Experience:
 
 
 def in_chunks(fn, batch: Batch, rows: int | None) -> torch.Tensor:
-    """`fn(batch)` over chunks of `rows` rows (same width and first_action), concatenated.
+    """`fn(batch)` over chunks of `rows` rows, concatenated in the batch's row order.
 
     A 1024-rollout buffer with 1024-token responses and a 128k vocabulary would need over a TiB of
-    logits in one forward; chunks keep that to `rows` sequences at a time.
+    logits in one forward; chunks keep that to `rows` sequences at a time. Rows are chunked in order
+    of length and each chunk is cut to its longest row (`select_rows`), so short sequences do not pay
+    for the longest one's padding. `fn` returns (rows,) or (rows, width - 1) tensors.
     """
-    n = batch.input_ids.shape[0]
+    n, width = batch.input_ids.shape
     if not rows or rows >= n:
         return fn(batch)
-    return torch.cat([fn(Batch(batch.input_ids[s : s + rows], batch.attention_mask[s : s + rows],
-                               batch.action_mask[s : s + rows], batch.first_action)) for s in range(0, n, rows)])
+    order = torch.argsort(batch.attention_mask.sum(-1), stable=True)
+    parts = []
+    for chunk in order.split(rows):
+        out = fn(select_rows(batch, chunk))
+        if out.dim() == 2:  # (rows, chunk width - 1) -> the whole batch's width
+            out = torch.nn.functional.pad(out, (0, width - 1 - out.shape[1]))
+        parts.append(out)
+    result = torch.cat(parts)
+    return result[torch.argsort(order)]  # back to the batch's row order
 
 
 @torch.no_grad()
@@ -116,28 +125,36 @@ def build_experience(scored: Scored, logp_old: torch.Tensor, values: torch.Tenso
                       scored.reward_raw, rewards, advantages, returns, info)
 
 
-def engine_logprob_gap(gens: list[Generation], logp_old: torch.Tensor, batch: Batch) -> dict:
+def engine_logprobs(gens: list[Generation], like: torch.Tensor) -> torch.Tensor | None:
+    """The engine's log-prob of each sampled token laid out like `like` (B, T-1); None if it gave none."""
+    if any(g.logprobs is None for g in gens):
+        return None
+    out = torch.zeros_like(like)
+    for i, g in enumerate(gens):
+        start = len(g.prompt_ids) - 1  # position whose logits predict the first response token
+        out[i, start : start + len(g.logprobs)] = torch.tensor(g.logprobs, dtype=out.dtype)
+    return out
+
+
+def logprob_gap(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> dict:
     """How far the rollout engine's log-probs of the sampled tokens are from the trainer's.
 
     Non-zero gaps beyond float noise mean the engine samples from another distribution than the
     one PPO assumes (stale weights after a missed sync, temperature applied on one side only).
     """
-    if any(g.logprobs is None for g in gens):
-        return {}
-    engine = torch.zeros_like(logp_old)
-    for i, g in enumerate(gens):
-        start = len(g.prompt_ids) - 1  # position whose logits predict the first response token
-        engine[i, start : start + len(g.logprobs)] = torch.tensor(g.logprobs, dtype=engine.dtype)
-    gap = (engine - logp_old).abs() * batch.action_mask
+    gap = (a - b).abs() * mask
     return {"engine_logprob_gap_max": gap.max().item(),
-            "engine_logprob_gap_mean": (gap.sum() / batch.action_mask.sum().clamp(min=1)).item()}
+            "engine_logprob_gap_mean": (gap.sum() / mask.sum().clamp(min=1)).item()}
 
 
 @torch.no_grad()
 def make_experience(actor, critic, scored: Scored, normalizer: RewardNormalizer, cfg,
                     temperature: float = 1.0, groups: torch.Tensor | None = None,
-                    chunk: int | None = None) -> Experience:
-    logp_old = in_chunks(lambda b: token_logprobs(actor, b, temperature=temperature), scored.batch, chunk)
+                    chunk: int | None = None, logp_old: torch.Tensor | None = None) -> Experience:
+    """`logp_old`: the sampling-time log-probs when the engine reported them (ppo.logp_old='engine');
+    otherwise the actor recomputes them here."""
+    if logp_old is None:
+        logp_old = in_chunks(lambda b: token_logprobs(actor, b, temperature=temperature), scored.batch, chunk)
     # a critic-free estimator never reads V(s): spare the critic's forward
     values = torch.zeros_like(logp_old) if cfg.estimator in CRITIC_FREE else \
         in_chunks(lambda b: critic_values(critic, b), scored.batch, chunk)

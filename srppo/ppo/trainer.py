@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 from srppo import distributed
-from srppo.data.chat import Batch
+from srppo.data.chat import Batch, select_rows
 from srppo.data.records import DataError
 from srppo.distributed import Stepper
 from srppo.io import write_json
 from srppo.logprobs import token_logprobs
 from srppo.ppo.estimators import CRITIC_FREE
-from srppo.ppo.experience import (Experience, Scored, build_experience, critic_values, engine_logprob_gap, in_chunks,
-                                  make_experience, score)
+from srppo.ppo.experience import (Experience, Scored, build_experience, critic_values, engine_logprobs, in_chunks,
+                                  logprob_gap, make_experience, score)
 from srppo.ppo.losses import masked_mean, policy_loss, value_loss
 from srppo.rewards import RewardNormalizer
 from srppo.rollout.engine import SamplingParams
@@ -47,8 +47,11 @@ class Roles:
     reward_model: torch.nn.Module | None = None  # frozen: the RM-PPO baseline's reward instead of p_SFT/p_PT
 
 
-def _rows(batch: Batch, idx: torch.Tensor) -> Batch:
-    return Batch(batch.input_ids[idx], batch.attention_mask[idx], batch.action_mask[idx], batch.first_action)
+def _micro(exp: Experience, idx: torch.Tensor):
+    """Rows `idx` cut to their own width, and a function cutting any (B, T-1) buffer tensor the same way."""
+    mb = select_rows(exp.batch, idx)
+    width = mb.input_ids.shape[1] - 1
+    return mb, lambda t: t[idx][:, :width]
 
 
 def _check_finite(name: str, value: torch.Tensor, exp: Experience, dump_dir: Path | None):
@@ -85,6 +88,7 @@ class PPOTrainer:
         self.actor_changed = False
         # grpo / rloo / reinforce_pp: no critic forward, update or warm-up (the critic just rides along)
         self.critic_free = cfg.estimator in CRITIC_FREE
+        self._gap_pending = False  # set when logp_old came from the engine and is not yet checked
 
     # -- critic warm-up ---------------------------------------------------------------------
     def warmup_critic(self, scored: Scored) -> dict:
@@ -107,9 +111,16 @@ class PPOTrainer:
         t1 = time.perf_counter()
         scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device,
                        self.forward_batch_size, self.roles.reward_model)
+        from_engine = engine_logprobs(gens, scored.logp_sft)
+        reuse = from_engine is not None and (self.cfg.logp_old == "engine" or (
+            self.cfg.logp_old == "auto" and getattr(self.engine, "logprobs_match_trainer", False)))
         exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg,
-                              self.sampling.temperature, groups, self.forward_batch_size)
-        exp.info.update(engine_logprob_gap(gens, exp.logp_old, exp.batch))
+                              self.sampling.temperature, groups, self.forward_batch_size,
+                              logp_old=from_engine if reuse else None)
+        if from_engine is not None and not reuse:
+            exp.info.update(logprob_gap(from_engine, exp.logp_old, exp.mask))
+        # with the engine's log-probs as logp_old, the first actor forward (before any step) checks them
+        self._gap_pending = reuse
         _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
         t2 = time.perf_counter()
         stats = []
@@ -126,16 +137,28 @@ class PPOTrainer:
         return {**exp.info, **_mean(stats), **timing, "tokens_per_s": tokens / (t3 - t0)}
 
     def _minibatches(self, exp: Experience):
-        """Global mini-batches (the same permutation on every rank), each cut down to this rank's rows."""
+        """Global mini-batches (the same permutation on every rank), each cut down to this rank's rows.
+
+        With ppo.group_by_length, rows of similar length share a mini-batch (in random order of mini-batches):
+        each forward is as wide as its longest row, so mixing lengths pays for padding."""
         perm = torch.randperm(exp.batch.input_ids.shape[0], device=self.device)
-        return [distributed.shard(mb) for mb in perm.split(self.cfg.mini_batch_size)]
+        if self.cfg.group_by_length:
+            perm = perm[torch.argsort(exp.batch.attention_mask[perm].sum(-1), stable=True)]
+        batches = perm.split(self.cfg.mini_batch_size)
+        if self.cfg.group_by_length:
+            batches = [batches[i] for i in torch.randperm(len(batches), device=self.device).tolist()]
+        return [distributed.shard(mb) for mb in batches]
 
     def _actor_step(self, exp: Experience, idx) -> dict:
         def loss_fn(micro):
-            mb, mask = _rows(exp.batch, micro), exp.mask[micro]
+            mb, cut = _micro(exp, micro)
+            mask = mb.action_mask
             logp, entropy = token_logprobs(self.roles.actor, mb, with_entropy=True,
                                            temperature=self.sampling.temperature)
-            loss, metrics = policy_loss(logp, exp.logp_old[micro], exp.advantages[micro], mask, self.cfg.clip_eps)
+            if self._gap_pending:  # the actor is still the sampling policy here
+                exp.info.update(logprob_gap(logp.detach(), cut(exp.logp_old), mask))
+                self._gap_pending = False
+            loss, metrics = policy_loss(logp, cut(exp.logp_old), cut(exp.advantages), mask, self.cfg.clip_eps)
             _check_finite("policy loss", loss, exp, self.dump_dir)
             metrics["entropy"] = masked_mean(entropy, mask).item()
             return loss, metrics
@@ -145,9 +168,9 @@ class PPOTrainer:
 
     def _critic_step(self, exp: Experience, idx) -> dict:
         def loss_fn(micro):
-            mb, mask = _rows(exp.batch, micro), exp.mask[micro]
+            mb, cut = _micro(exp, micro)
             values = self.roles.critic(mb.input_ids, mb.attention_mask)[:, :-1]
-            loss, metrics = value_loss(values, exp.values[micro], exp.returns[micro], mask, self.cfg.value_clip)
+            loss, metrics = value_loss(values, cut(exp.values), cut(exp.returns), mb.action_mask, self.cfg.value_clip)
             _check_finite("value loss", loss, exp, self.dump_dir)
             return loss, metrics
         return self._update(self.critic_step, exp, idx, loss_fn)[0]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
+from transformers import LogitsProcessorList
 
 
 @dataclass
@@ -69,9 +70,38 @@ def cut_at_eos(tokens: list[int], eos_id: int, max_new_tokens: int) -> tuple[lis
     return tokens[:max_new_tokens], True
 
 
+class LogprobRecorder:
+    """A logits processor that keeps log p(sampled token) at each decoding step, so PPO can take the
+    sampling-time log-probs from generation instead of a second forward of the actor.
+
+    generate() runs custom processors before its temperature/top-p warpers, so this one sees the raw
+    logits and applies the temperature itself: the same distribution the trainer's `token_logprobs`
+    computes. At step k it sees the token chosen at step k-1 as the last input id; `finish` reads the
+    last step's token from the returned sequences. Holds one (B, vocab) row of log-probs at a time.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature, self.previous, self.steps = temperature, None, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(B, generated steps) log-probs of the sampled tokens."""
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, sequences[:, -1:]).squeeze(1))
+        return torch.stack(self.steps, dim=1) if self.steps else sequences.new_zeros((sequences.shape[0], 0), dtype=torch.float)
+
+
 @register_engine("hf")
 class HFEngine:
     """transformers `generate` with left padding; batches prompts of similar length together."""
+
+    # it samples from the trainer's own model, so its log-probs are the trainer's up to float noise
+    logprobs_match_trainer = True
 
     def __init__(self, model, tok, batch_size: int = 16, **unused):
         self.model, self.tok, self.batch_size = model, tok, batch_size
@@ -105,14 +135,19 @@ class HFEngine:
             attn[i, T - len(p):] = 1
         was_training = self.model.training
         self.model.eval()
+        # sampling records each token's log-prob (with top-p they would be the renormalised nucleus's:
+        # not the distribution PPO's ratio uses, so none are reported then)
+        recorder = LogprobRecorder(params.temperature) if not params.greedy and params.top_p == 1.0 else None
         sample = dict(do_sample=False) if params.greedy else dict(
             do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         out = self.model.generate(
             input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=params.max_new_tokens,
-            pad_token_id=pad, eos_token_id=self.tok.eos_token_id, use_cache=True, **sample)
+            pad_token_id=pad, eos_token_id=self.tok.eos_token_id, use_cache=True,
+            logits_processor=LogitsProcessorList([recorder]) if recorder else None, **sample)
         self.model.train(was_training)
+        logprobs = recorder.finish(out).tolist() if recorder else None
         gens = []
         for i, p in enumerate(prompts):
             resp, truncated = cut_at_eos(out[i, T:].tolist(), self.tok.eos_token_id, params.max_new_tokens)
-            gens.append(Generation(list(p), resp, truncated))
+            gens.append(Generation(list(p), resp, truncated, logprobs[i][: len(resp)] if logprobs else None))
         return gens
