@@ -120,6 +120,11 @@ def derive(res: dict) -> dict:
         "grpo_vs_trl": grpo["tokens_per_s"] / trl["tokens_per_s"],
         "gae_vs_trl": gae["tokens_per_s"] / trl["tokens_per_s"],
         "rss_gae": gae["peak_rss_bytes"], "rss_grpo": grpo["peak_rss_bytes"], "rss_trl": trl["peak_rss_bytes"],
+        "rss_lora": res["ppo_gae_lora"]["peak_rss_bytes"], "gae_tps": gae["tokens_per_s"],
+        "grpo_tps": grpo["tokens_per_s"], "lora_gae_tps": res["ppo_gae_lora"]["tokens_per_s"],
+        "gae_knobs_off_tps": res["ppo_gae_knobs_off"]["tokens_per_s"],
+        "grpo_knobs_off_tps": res["ppo_grpo_knobs_off"]["tokens_per_s"],
+        "noop_s": res["dvc"].get("noop_s"),
         "repro_s": sum(v for v in res["stage_times"].values() if v),
     }
     return d
@@ -168,7 +173,9 @@ def table(res: dict, d: dict, cmd: str) -> list[str]:
          verdict(d["gae_vs_trl"] >= TARGETS["vs_trl"]), f"{gae['command']}; {trl['command']}"),
         ("PPO peak RSS, full fine-tuning (gae: actor, critic, p_SFT, p_PT, 2 Adam states)", gb(d["rss_gae"]),
          "≤ 6 GB", verdict(None if d["rss_gae"] is None else d["rss_gae"] <= TARGETS["rss_full"]), gae["command"]),
-        ("PPO peak RSS, LoRA", "not available (LoRA not implemented)", "≤ 3 GB", "n/a", "–"),
+        (f"PPO peak RSS, LoRA (gae; rank {LORA_RANK} on every linear layer, one shared base)", gb(d["rss_lora"]),
+         "≤ 3 GB", verdict(None if d["rss_lora"] is None else d["rss_lora"] <= TARGETS["rss_lora"]),
+         res["ppo_gae_lora"]["command"]),
         ("full `dvc repro`, embedded default (sum of the stages' own seconds, last full run, metrics/*.json)",
          f"{d['repro_s']:.0f} s = {d['repro_s'] / 60:.1f} min", "≤ 20 min",
          verdict(d["repro_s"] <= TARGETS["repro_s"] if d["repro_s"] else None), "python bench/stage_times.py"),
@@ -186,6 +193,41 @@ def table(res: dict, d: dict, cmd: str) -> list[str]:
         out.append(f"The smoke preset's full `dvc repro` on the fresh copy took {dvc['smoke_full_s']:.0f} s; "
                    f"no-op runs {', '.join(f'{s:.1f}' for s in dvc['noop_runs_s'])} s "
                    f"(`dvc status` after: {dvc['status_after'] or 'empty'}).")
+    return out
+
+
+LORA_RANK = 16  # srppo.config.LoRAConfig's default, which the lora variant uses
+
+# before/after rows: derived key, label, format
+CHANGES = [("sft_mfu", "SFT training, fraction of fp32 matmul", "{:.0%}"),
+           ("ppo_train_mfu_gae", "PPO update phase gae, fraction of fp32 matmul", "{:.0%}"),
+           ("ppo_train_mfu_grpo", "PPO update phase grpo, fraction of fp32 matmul", "{:.0%}"),
+           ("gae_tps", "PPO iteration gae, tokens/s", "{:.1f}"), ("grpo_tps", "PPO iteration grpo, tokens/s", "{:.1f}"),
+           ("grpo_vs_trl", "PPO iteration grpo / TRL GRPO (same run)", "{:.2f}x"),
+           ("gae_vs_trl", "PPO iteration gae / TRL GRPO (same run)", "{:.2f}x"),
+           ("rollout_ratio", "rollout batched / naive (same run)", "{:.2f}x"),
+           ("rss_gae", "PPO peak RSS, full fine-tuning", "gb"), ("rss_lora", "PPO peak RSS, LoRA", "gb"),
+           ("repro_s", "full `dvc repro` of the embedded default, s", "{:.0f}"), ("noop_s", "no-op `dvc repro`, s", "{:.1f}")]
+
+
+def before_after(d: dict, before: dict | None) -> list[str]:
+    """The derived figures next to those of an earlier run (its JSON), and the same run's ablation."""
+    if before is None:
+        return []
+    old = {**before["derived"], "noop_s": before.get("dvc", {}).get("noop_s"),
+           "gae_tps": before["ppo_gae"]["tokens_per_s"], "grpo_tps": before["ppo_grpo"]["tokens_per_s"]}
+    cell = lambda fmt, v: "–" if v is None else (gb(v) if fmt == "gb" else fmt.format(v))
+    out = ["", "## Before and after the speed and memory changes", "",
+           f"Before: {before.get('label', 'the earlier run')}. After: this run. Absolute rates come from two runs "
+           "on a shared VM (±10 %); the ratios are each measured within one run.", "",
+           "| measure | before | after |", "|---|---|---|"]
+    out += [f"| {label} | {cell(fmt, old.get(key))} | {cell(fmt, d.get(key))} |" for key, label, fmt in CHANGES]
+    out += ["", "Same run, the two PPO knobs off (`ppo.logp_old: actor`, `ppo.group_by_length: false`) vs on: "
+            f"gae {d['gae_knobs_off_tps']:.1f} → {d['gae_tps']:.1f} tokens/s "
+            f"({d['gae_tps'] / d['gae_knobs_off_tps']:.2f}x), grpo {d['grpo_knobs_off_tps']:.1f} → "
+            f"{d['grpo_tps']:.1f} tokens/s ({d['grpo_tps'] / d['grpo_knobs_off_tps']:.2f}x). "
+            f"LoRA (gae) runs at {d['lora_gae_tps']:.1f} tokens/s ({d['lora_gae_tps'] / d['gae_tps']:.2f}x full "
+            "fine-tuning: every linear layer adds its adapter's two small matmuls)."]
     return out
 
 
@@ -213,7 +255,7 @@ def phases(res: dict) -> list[str]:
     return out
 
 
-def report(res: dict, d: dict, cmd: str) -> str:
+def report(res: dict, d: dict, cmd: str, before: dict | None = None) -> str:
     m, gae, trl = res["matmul"]["machine"], res["ppo_gae"], res["trl_grpo"]
     head = [
         "# Benchmarks: the embedded default against its performance targets", "",
@@ -243,7 +285,7 @@ def report(res: dict, d: dict, cmd: str) -> str:
         "its updates), TRL runs p_SFT twice (reference for its KL term, and in the reward) where srppo runs it "
         "once for both, TRL puts the KL in the loss and srppo in the reward, and sampled responses differ in "
         "length, hence the rate in tokens/s.", "", *phases(res)]
-    return "\n".join(head + table(res, d, cmd) + notes) + "\n"
+    return "\n".join(head + table(res, d, cmd) + before_after(d, before) + notes) + "\n"
 
 
 def main() -> None:
@@ -252,13 +294,16 @@ def main() -> None:
     ap.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown from a saved JSON")
     ap.add_argument("--out", type=Path, help="markdown path (default docs/results/benchmarks.md; "
                     "/tmp/srppo-bench-quick.md with --quick); the JSON goes next to it")
+    ap.add_argument("--before", type=Path, default=ROOT / "docs/results/benchmarks-before.json",
+                    help="an earlier run's JSON for the before/after table (default: the run before the speedups)")
     a = ap.parse_args()
+    before = json.loads(a.before.read_text()) if a.before and a.before.exists() else None
     out = a.out or (Path("/tmp/srppo-bench-quick.md") if a.quick else ROOT / "docs/results/benchmarks.md")
     q = ["--quick"] if a.quick else []
     cmd = shlex.join(["python", "bench/run.py", *q])
     if a.render:  # same figures, new layout: no measurement is repeated
         saved = json.loads(a.render.read_text())
-        out.write_text(report(saved, saved["derived"], cmd))
+        out.write_text(report(saved, derive(saved), cmd, before))
         return
     t, load0 = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="srppo-bench-") as tmp:
@@ -269,6 +314,13 @@ def main() -> None:
             "rollout": child(["bench/workloads.py", "rollout", *q], tmp / "rollout.json"),
             "ppo_gae": child(["bench/workloads.py", "ppo", "--estimator", "gae", *q], tmp / "ppo_gae.json"),
             "ppo_grpo": child(["bench/workloads.py", "ppo", "--estimator", "grpo", *q], tmp / "ppo_grpo.json"),
+            # the same two PPO rows with the speed knobs off (ppo.logp_old: actor, ppo.group_by_length: false)
+            "ppo_gae_knobs_off": child(["bench/workloads.py", "ppo", "--estimator", "gae", "--variant", "knobs-off",
+                                        *q], tmp / "ppo_gae_knobs_off.json"),
+            "ppo_grpo_knobs_off": child(["bench/workloads.py", "ppo", "--estimator", "grpo", "--variant",
+                                         "knobs-off", *q], tmp / "ppo_grpo_knobs_off.json"),
+            "ppo_gae_lora": child(["bench/workloads.py", "ppo", "--estimator", "gae", "--variant", "lora", *q],
+                                  tmp / "ppo_gae_lora.json"),
             "trl_grpo": child(["bench/trl_grpo.py", *q], tmp / "trl_grpo.json"),
             # again at the end: the rate the rows are held to is the better of the two (a busy moment
             # at the start would otherwise flatter every percentage)
@@ -278,7 +330,7 @@ def main() -> None:
     res["stage_times"] = stage_times()
     res["wall_s"], res["load"] = time.perf_counter() - t, (load0, os.getloadavg()[0])
     d = derive(res)
-    text = report(res, d, cmd)
+    text = report(res, d, cmd, before)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps({"derived": d, **res}, indent=1) + "\n")

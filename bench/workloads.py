@@ -3,7 +3,7 @@
     python bench/workloads.py matmul OUT.json
     python bench/workloads.py sft OUT.json [--quick]
     python bench/workloads.py rollout OUT.json [--quick]
-    python bench/workloads.py ppo OUT.json --estimator gae|grpo [--quick]
+    python bench/workloads.py ppo OUT.json --estimator gae|grpo [--variant default|knobs-off|lora] [--quick]
 
 `bench/run.py` starts each in its own process under `/usr/bin/time -v`, so the peak RSS of one
 workload is not hidden by an earlier one and a crash in one does not lose the others. Every workload
@@ -156,26 +156,47 @@ def _timed(fn, bucket: dict, key: str):
     return wrapper
 
 
-def run_ppo(quick: bool, estimator: str) -> dict:
-    """PPOTrainer.iteration as the ppo stage builds it (actor, critic, frozen p_SFT and p_PT, the
-    calibrated normaliser, the hf engine); the first iteration is a warm-up, reported apart."""
-    from srppo.config import PPOConfig, RolloutConfig
+def fresh_adapter_dir(out: Path) -> Path:
+    """An SFT output holding a fresh LoRA adapter on p_PT (the default rank), for timing and memory: an
+    untrained adapter costs what a trained one does."""
+    from srppo.config import LoRAConfig
+    from srppo.lora import ADAPTER_DIR, add_adapter
+    from srppo.models import load_causal_lm
+
+    add_adapter(load_causal_lm(BASE_DIR, torch.device("cpu"), torch.float32), LoRAConfig()).save_pretrained(
+        out / ADAPTER_DIR)
+    return out
+
+
+# ppo workload variants: the defaults, the two PPO speed knobs off, LoRA with one shared base
+VARIANTS = {"default": {}, "knobs-off": {"ppo": {"logp_old": "actor", "group_by_length": False}},
+            "lora": {"lora": {"enabled": True}}}
+
+
+def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
+    """PPOTrainer.iteration as the ppo stage builds it (`ppo_roles`: actor, critic, frozen p_SFT and p_PT,
+    or their LoRA views; the calibrated normaliser, the hf engine); the first iteration is a warm-up."""
+    import tempfile
+
+    from srppo.config import Params, deep_merge
     from srppo.data.chat import encode_prompt
     from srppo.io import read_json
-    from srppo.models import load_causal_lm, load_tokenizer, load_value_model
+    from srppo.models import load_tokenizer, setup_runtime
     from srppo.ppo import trainer as tr
     from srppo.rewards import RewardNormalizer
-    from srppo.roles import frozen, rollout_engine, sampling_params
+    from srppo.roles import ppo_roles, rollout_engine, sampling_params
 
     shape = ppo_setup(quick, estimator)
-    cfg = PPOConfig(estimator=estimator, group_size=shape["group_size"], mini_batch_size=shape["mini_batch_size"],
-                    checkpoint_every=0)
-    rcfg = RolloutConfig(max_new_tokens=shape["max_new_tokens"], buffer_size=shape["buffer"])
-    dev, dt = torch.device("cpu"), torch.float32
-    torch.manual_seed(0)
+    params = Params.model_validate(deep_merge({
+        "runtime": {"device": "cpu"},
+        "ppo": {"estimator": estimator, "group_size": shape["group_size"], "mini_batch_size": shape["mini_batch_size"],
+                "checkpoint_every": 0},
+        "rollouts": {"max_new_tokens": shape["max_new_tokens"], "buffer_size": shape["buffer"]}}, VARIANTS[variant]))
+    cfg, rcfg = params.ppo, params.rollouts
+    dev, dt = setup_runtime(params.runtime)  # as the stage does: seeds, allocator settings
     tok = load_tokenizer(SFT_DIR)
-    roles = tr.Roles(actor=load_causal_lm(SFT_DIR, dev, dt, trainable=True),
-                     critic=load_value_model(SFT_DIR, dev, dt), sft=frozen(SFT_DIR, dev, dt), pt=frozen(BASE_DIR, dev, dt))
+    sft_dir = fresh_adapter_dir(Path(tempfile.mkdtemp(prefix="srppo-bench-lora-"))) if params.lora.enabled else SFT_DIR
+    roles, _ = ppo_roles(params, BASE_DIR, sft_dir, dev, dt)
     engine = rollout_engine(rcfg, roles.actor, tok, SFT_DIR, 0, dt)
     trainer = tr.PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
                             RewardNormalizer.from_dict(read_json(NORM)), forward_batch_size=rcfg.score_batch_size)
@@ -198,7 +219,9 @@ def run_ppo(quick: bool, estimator: str) -> dict:
                      "actor_critic_forward": split.get("actor_critic_forward", 0.0),
                      "train_actor": split.get("train_actor", 0.0), "train_critic": split.get("train_critic", 0.0),
                      "train": row["time_train"]})
-    return {**shape, "params": n_params(roles.actor), "warmup": rows[0], "iters": rows[1:],
+    model = roles.actor._shared.model if params.lora.enabled else roles.actor  # the whole network either way
+    return {**shape, "variant": variant, "params": n_params(model), "trainable_params": n_params(roles.actor),
+            "warmup": rows[0], "iters": rows[1:],
             **summarise(rows[1:])}
 
 
@@ -213,11 +236,12 @@ def main() -> None:
     ap.add_argument("workload", choices=["matmul", "sft", "rollout", "ppo"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--estimator", default="gae")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="default", help="ppo only")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     t = time.perf_counter()
     result = {"matmul": lambda: run_matmul(a.quick), "sft": lambda: run_sft(a.quick),
-              "rollout": lambda: run_rollout(a.quick), "ppo": lambda: run_ppo(a.quick, a.estimator)}[a.workload]()
+              "rollout": lambda: run_rollout(a.quick), "ppo": lambda: run_ppo(a.quick, a.estimator, a.variant)}[a.workload]()
     result.update(machine=machine(), wall_s=time.perf_counter() - t)
     a.out.write_text(json.dumps(result, indent=1))
 
