@@ -15,7 +15,6 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from test_pipeline import make_repo, run
 
 
 def _deepspeed_missing() -> str | None:
@@ -39,9 +38,12 @@ RUNS = {"single": {"runtime": {"num_processes": 1, "deepspeed_config": None}, "p
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, tiny_dir):
-    repo = make_repo(tmp_path_factory.mktemp("ds"), tiny_dir, {"sft": {"epochs": 2}})
-    run(["dvc", "repro", "calibrate", "rollouts"], repo)  # base, prepare, sft, calibrate, rollouts: PPO's inputs
+def repo(tmp_path_factory, reproduced_smoke):
+    """The reproduced smoke repo (PPO's inputs: base, prepare, sft, calibrate, rollouts), SFT at 2 epochs."""
+    from test_flows_support import copy_repo
+
+    repo = copy_repo(reproduced_smoke[0], tmp_path_factory.mktemp("ds") / "repo")
+    set_params(repo, {"sft": {"epochs": 2}})
     return repo
 
 
