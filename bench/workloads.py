@@ -3,6 +3,7 @@
     python bench/workloads.py matmul OUT.json
     python bench/workloads.py sft OUT.json [--quick]
     python bench/workloads.py rollout OUT.json [--quick]
+    python bench/workloads.py bf16 OUT.json [--quick]
     python bench/workloads.py ppo OUT.json --estimator gae|grpo [--variant default|knobs-off|lora] [--quick]
 
 `bench/run.py` starts each in its own process under `/usr/bin/time -v`, so the peak RSS of one
@@ -98,6 +99,39 @@ def run_sft(quick: bool) -> dict:
     return {"params": n_params(model), "steps": len(history), "batch_size": cfg.batch_size,
             "first_step_s": stamps[1] - stamps[0], "tokens": tokens[-1] - tokens[0],
             "seconds": stamps[-1] - stamps[1], "tokens_per_s": (tokens[-1] - tokens[0]) / (stamps[-1] - stamps[1])}
+
+
+# -- bf16 for the frozen forwards: is it correct enough, and faster? ----------------------------------
+def run_bf16(quick: bool) -> dict:
+    """p_SFT's per-token log-probs of demonstrations in fp32 and in bf16 weights/activations: the gap
+    (what the coherent reward and the KL term would inherit) and the forward time of each (best of 3)."""
+    from srppo.data.chat import collate, encode_prompt, encode_response
+    from srppo.data.records import read_jsonl
+    from srppo.logprobs import token_logprobs
+    from srppo.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(SFT_DIR)
+    demos = read_jsonl(DEMOS)[: 4 if quick else 16]
+    prompts = [encode_prompt(tok, d["messages"]) for d in demos]
+    batch = collate(prompts, [encode_response(tok, d["messages"], d["response"], p) for d, p in zip(demos, prompts)],
+                    tok.pad_token_id)
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model = load_causal_lm(SFT_DIR, torch.device("cpu"), dtype)
+        times = []
+        with torch.no_grad():
+            for _ in range(3):
+                t = time.perf_counter()
+                logp = token_logprobs(model, batch)
+                times.append(time.perf_counter() - t)
+        out[name] = {"logp": logp, "seconds": min(times)}
+    mask = batch.action_mask
+    gap = (out["fp32"]["logp"] - out["bf16"]["logp"]).abs() * mask
+    seq = (out["fp32"]["logp"].sum(-1) - out["bf16"]["logp"].sum(-1)).abs()
+    return {"rows": len(demos), "tokens": int(mask.sum()), "token_gap_mean": float(gap.sum() / mask.sum()),
+            "token_gap_max": float(gap.max()), "sequence_gap_mean": float(seq.mean()),
+            "sequence_logp_mean": float(out["fp32"]["logp"].sum(-1).mean()),
+            "fp32_s": out["fp32"]["seconds"], "bf16_s": out["bf16"]["seconds"]}
 
 
 # -- (b) rollout engine vs one prompt at a time ------------------------------------------------
@@ -233,7 +267,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("workload", choices=["matmul", "sft", "rollout", "ppo"])
+    ap.add_argument("workload", choices=["matmul", "sft", "rollout", "ppo", "bf16"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--estimator", default="gae")
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="default", help="ppo only")
@@ -241,7 +275,7 @@ def main() -> None:
     a = ap.parse_args()
     t = time.perf_counter()
     result = {"matmul": lambda: run_matmul(a.quick), "sft": lambda: run_sft(a.quick),
-              "rollout": lambda: run_rollout(a.quick), "ppo": lambda: run_ppo(a.quick, a.estimator, a.variant)}[a.workload]()
+              "rollout": lambda: run_rollout(a.quick), "bf16": lambda: run_bf16(a.quick), "ppo": lambda: run_ppo(a.quick, a.estimator, a.variant)}[a.workload]()
     result.update(machine=machine(), wall_s=time.perf_counter() - t)
     a.out.write_text(json.dumps(result, indent=1))
 
