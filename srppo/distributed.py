@@ -162,11 +162,8 @@ class Stepper:
                  grad_accum: int = 1):
         self.model, self.max_grad_norm, self.engine, self.grad_accum = model, max_grad_norm, None, grad_accum
         if ds_config is None:
-            # fused: one kernel per parameter instead of foreach's passes, and none of their
-            # parameter-sized temporaries (each ~0.5 GB at 135M parameters in fp32)
-            params = list(model.parameters())
-            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+            # torch's default (foreach): fused=True measured 10 % slower for SFT on this CPU, at the same peak memory
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
             return
         import deepspeed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from srppo.data.chat import Batch
 
@@ -23,20 +24,21 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
     del out  # the logits are the largest tensor here: keep no second reference to them
     if temperature != 1.0:
         logits = logits / temperature
-    # log_softmax keeps only its output for backward; the logits themselves are freed on return
-    logp_all = torch.log_softmax(logits, dim=-1)
-    del logits
+    ent = None
+    if with_entropy:
+        with torch.no_grad():  # one row at a time: p * log p over the vocabulary is as large as the logits
+            ent_suffix = torch.stack([-(row.softmax(-1) * row.log_softmax(-1)).sum(-1) for row in logits])
     labels = batch.input_ids[:, batch.first_action + 1 :]  # (B, keep-1)
-    logp_suffix = logp_all.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (B, keep-1)
+    # cross_entropy keeps only its log-softmax for backward: the logits are freed on return
+    logp_suffix = -F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, keep-1)
+    del logits
     logp = logp_suffix.new_zeros(B, T - 1)
     logp[:, batch.first_action :] = logp_suffix
     logp = logp * batch.action_mask
     if not with_entropy:
         return logp
-    with torch.no_grad():  # one row at a time: p * log p over the vocabulary is as large as the logits
-        ent_suffix = torch.stack([-(row.exp() * row).sum(-1) for row in logp_all])
-        ent = logp.new_zeros(B, T - 1)
-        ent[:, batch.first_action :] = ent_suffix
+    ent = logp.new_zeros(B, T - 1)
+    ent[:, batch.first_action :] = ent_suffix
     return logp, ent * batch.action_mask
 
 
