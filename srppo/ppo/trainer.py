@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from srppo import distributed
-from srppo.data.chat import Batch, select_rows
+from srppo.data.chat import select_rows
 from srppo.data.records import DataError
 from srppo.distributed import Stepper
 from srppo.io import write_json
