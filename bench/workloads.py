@@ -227,7 +227,7 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
                 "checkpoint_every": 0},
         "rollouts": {"max_new_tokens": shape["max_new_tokens"], "buffer_size": shape["buffer"]}}, VARIANTS[variant]))
     cfg, rcfg = params.ppo, params.rollouts
-    dev, dt = setup_runtime(params.runtime)  # as the stage does: seeds, allocator settings
+    dev, dt = setup_runtime(params.runtime, return_freed_memory=True)  # as the stage does: seeds, allocator settings
     tok = load_tokenizer(SFT_DIR)
     sft_dir = fresh_adapter_dir(Path(tempfile.mkdtemp(prefix="srppo-bench-lora-"))) if params.lora.enabled else SFT_DIR
     roles, _ = ppo_roles(params, BASE_DIR, sft_dir, dev, dt)

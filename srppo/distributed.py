@@ -155,6 +155,15 @@ def deepspeed_config(path: str | Path, micro_batch: int, grad_accum: int, max_gr
     return cfg
 
 
+def adamw(params, lr: float, weight_decay: float, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with the fused kernel (CPU and CUDA) unless asked otherwise.
+    torch's default (foreach) builds a full-size temporary of the parameters in every step: 0.54 GB more
+    peak memory for a 135M model, and its step measured 0.28 s vs 0.07 s fused on the 2-core CPU
+    (SFT 5 % faster end to end)."""
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if fused else {}))
+
+
 class Stepper:
     """Backward + optimizer step for one trainable model: plain torch, or a DeepSpeed ZeRO engine."""
 
@@ -162,13 +171,12 @@ class Stepper:
                  grad_accum: int = 1):
         self.model, self.max_grad_norm, self.engine, self.grad_accum = model, max_grad_norm, None, grad_accum
         if ds_config is None:
-            # torch's default (foreach): fused=True measured 10 % slower for SFT on this CPU, at the same peak memory
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+            self.optimizer = adamw(model.parameters(), lr, weight_decay)
             return
         import deepspeed
 
-        opt = None if "optimizer" in ds_config else torch.optim.AdamW(model.parameters(), lr=lr,
-                                                                        weight_decay=weight_decay)
+        # DeepSpeed steps its own flattened partitions: leave the kernel choice to it
+        opt = None if "optimizer" in ds_config else adamw(model.parameters(), lr, weight_decay, fused=False)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
 
     def set_lr(self, lr: float) -> None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from srppo.data.chat import Batch, collate, encode_response
 from srppo.data.records import DataError
+from srppo.distributed import adamw
 from srppo.models import ModelError, check_weights
 from srppo.pairwise import pair_epochs
 from srppo.rewards import last_action_index
@@ -129,7 +130,7 @@ def train_reward_model(model, tok, pairs: list[tuple], cfg, seed: int,
                        on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Bradley-Terry epochs over the pairs (AdamW, constant rate, gradient clipping)."""
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    optimizer = adamw(model.parameters(), cfg.lr, 0.0)
     loss_of = lambda idx: bradley_terry_loss(*pair_scores(model, tok, [pairs[i] for i in idx], device))
     history = pair_epochs(model, optimizer, len(pairs), cfg, seed, loss_of, "reward_model", on_step)
     return [{"step": i + 1, **row} for i, row in enumerate(history)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from srppo.config import RewardConfig, RolloutConfig
 from srppo.data.chat import encode_prompt, encode_response
 from srppo.data.records import DataError
-from srppo.models import load_causal_lm, load_value_model
+from srppo.models import checkpoint_activations, load_causal_lm, load_value_model
 from srppo.rollout.engine import Generation, SamplingParams, make_engine
 
 
@@ -81,4 +81,7 @@ def ppo_roles(params, base_dir, sft_dir, device, dtype, shard=lambda model: mode
                   critic=load_value_model(sft_dir, device, dtype),
                   sft=shard(frozen(sft_dir, device, dtype)),
                   pt=shard(frozen(base_dir, device, dtype)) if coherent else None, reward_model=reward_model)
+    if params.ppo.activation_checkpointing:
+        checkpoint_activations(roles.actor)
+        checkpoint_activations(roles.critic.body)
     return roles, lambda: roles.actor

@@ -63,7 +63,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     cfg, rcfg = params.ppo, params.rollouts
     distributed.relaunch_if_needed(params.runtime, __file__, sys.argv[1:])
     distributed.init(params.runtime)
-    device, dtype = setup_runtime(params.runtime)
+    device, dtype = setup_runtime(params.runtime, return_freed_memory=True)  # four models: the peak binds
     timer = Timer("ppo")
     tok = load_tokenizer(sft_dir)
     prompts = prompt_ids(tok, read_jsonl(prompts_path), prompts_path, rcfg.max_new_tokens,

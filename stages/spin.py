@@ -7,10 +7,9 @@ import copy
 import sys
 from pathlib import Path
 
-import torch
-
 from srppo import plots
 from srppo.data.records import read_jsonl
+from srppo.distributed import adamw
 from srppo.io import atomic_dir, write_csv, write_json
 from srppo.models import load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
 from srppo.roles import frozen, rollout_engine
@@ -44,7 +43,7 @@ def main(sft_dir, demos_path, out_dir, metrics_path, curves_csv) -> None:
             def on_step(row):
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['spin_loss']:.3f}", acc=f"{row['reward_accuracy']:.2f}")
-            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+            optimizer = adamw(model.parameters(), cfg.lr, 0.0)
             rows = train_spin_iteration(model, opponent, tok, pairs, cfg, optimizer, seed + it, on_step)
         history += [{"step": len(history) + i + 1, "iteration": it, **r} for i, r in enumerate(rows)]
         log("spin", f"iteration {it}: loss {rows[-1]['spin_loss']:.3f}, margin {rows[-1]['reward_margin']:.3f}")

@@ -1,16 +1,19 @@
 """The PPO speedups change no result beyond float noise: the sampling engine's log-probs stand in for an
-actor forward, rows are cut to their own width, and mini-batches are grouped by length."""
+actor forward, rows are cut to their own width, mini-batches are grouped by length, activations are
+recomputed in the backward pass, and AdamW runs fused."""
 
 import pytest
 import torch
 
 from srppo.config import ConfigError, PPOConfig, Params
 from srppo.data.chat import collate, encode_prompt, select_rows
+from srppo.distributed import adamw
 from srppo.logprobs import token_logprobs
 from srppo.models import load_causal_lm, load_tokenizer, load_value_model
 from srppo.ppo.experience import engine_logprobs, in_chunks
 from srppo.ppo.trainer import PPOTrainer, Roles
 from srppo.rewards import RewardNormalizer
+from srppo.roles import ppo_roles
 from srppo.rollout.engine import SamplingParams, make_engine
 
 CPU = torch.device("cpu")
@@ -104,3 +107,44 @@ def test_ppo_iteration_with_engine_logprobs_matches_the_actor_forward(tiny_dir, 
 def test_engine_logprobs_under_top_p_are_refused():
     with pytest.raises((ConfigError, ValueError), match="top_p"):
         Params.model_validate({"ppo": {"logp_old": "engine"}, "rollouts": {"top_p": 0.9}})
+
+
+def _gradients(tiny_dir, tiny_sft_dir, checkpointing: bool) -> dict:
+    """Actor and critic gradients of one loss, with the roles as the ppo stage builds them."""
+    params = Params.model_validate({"ppo": {"activation_checkpointing": checkpointing}})
+    roles, _ = ppo_roles(params, tiny_dir, tiny_sft_dir, CPU, torch.float32)
+    assert roles.actor.is_gradient_checkpointing == checkpointing
+    assert roles.critic.body.is_gradient_checkpointing == checkpointing
+    batch = _batch(load_tokenizer(tiny_sft_dir))
+    logp = token_logprobs(roles.actor, batch)
+    values = roles.critic(batch.input_ids, batch.attention_mask)
+    (logp.sum() + (values ** 2).mean()).backward()
+    return {f"{role}.{name}": p.grad.clone() for role, model in (("actor", roles.actor), ("critic", roles.critic))
+            for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny_dir, tiny_sft_dir):
+    kept, recomputed = (_gradients(tiny_dir, tiny_sft_dir, flag) for flag in (False, True))
+    assert kept.keys() == recomputed.keys() and any(k.startswith("critic.") for k in kept)
+    for name, grad in kept.items():
+        assert torch.allclose(grad, recomputed[name], atol=1e-6), name
+
+
+def test_fused_adamw_steps_like_torchs_default():
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 32), torch.randn(32)]
+    frozen = torch.randn(8, requires_grad=False)
+    runs = []
+    fused, default = (lambda ps: adamw(ps + [frozen], 1e-2, 0.1),
+                      lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1))
+    for make in (fused, default):
+        ps = [w.clone().requires_grad_(True) for w in weights]
+        opt = make(ps)
+        assert sum(len(group["params"]) for group in opt.param_groups) == 2  # the frozen tensor is left out
+        for step in range(3):
+            for k, p in enumerate(ps):
+                p.grad = torch.full_like(p, 0.1 * (step + k + 1)).sin()
+            opt.step()
+        runs.append(ps)
+    for fused, default in zip(*runs):
+        assert torch.allclose(fused, default, atol=1e-6)
