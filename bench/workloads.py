@@ -4,7 +4,7 @@
     python bench/workloads.py sft OUT.json [--quick]
     python bench/workloads.py rollout OUT.json [--quick]
     python bench/workloads.py bf16 OUT.json [--quick]
-    python bench/workloads.py ppo OUT.json --estimator gae|grpo [--variant default|knobs-off|lora] [--quick]
+    python bench/workloads.py ppo OUT.json --estimator gae|grpo [--variant default|knobs-off|lora|no-recompute] [--quick]
 
 `bench/run.py` starts each in its own process under `/usr/bin/time -v`, so the peak RSS of one
 workload is not hidden by an earlier one and a crash in one does not lose the others. Every workload
@@ -202,9 +202,10 @@ def fresh_adapter_dir(out: Path) -> Path:
     return out
 
 
-# ppo workload variants: the defaults, the two PPO speed knobs off, LoRA with one shared base
+# ppo workload variants: the defaults, the two PPO speed knobs off, LoRA with one shared base, and
+# activations kept instead of recomputed (what gae's default, activation_checkpointing 'auto', trades)
 VARIANTS = {"default": {}, "knobs-off": {"ppo": {"logp_old": "actor", "group_by_length": False}},
-            "lora": {"lora": {"enabled": True}}}
+            "lora": {"lora": {"enabled": True}}, "no-recompute": {"ppo": {"activation_checkpointing": False}}}
 
 
 def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
@@ -218,7 +219,7 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
     from srppo.models import load_tokenizer, setup_runtime
     from srppo.ppo import trainer as tr
     from srppo.rewards import RewardNormalizer
-    from srppo.roles import ppo_roles, rollout_engine, sampling_params
+    from srppo.roles import ppo_roles, recompute_activations, rollout_engine, sampling_params
 
     shape = ppo_setup(quick, estimator)
     params = Params.model_validate(deep_merge({
@@ -255,6 +256,7 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
                      "train": row["time_train"]})
     model = roles.actor._shared.model if params.lora.enabled else roles.actor  # the whole network either way
     return {**shape, "variant": variant, "params": n_params(model), "trainable_params": n_params(roles.actor),
+            "recompute_activations": recompute_activations(params),
             "warmup": rows[0], "iters": rows[1:],
             **summarise(rows[1:])}
 

@@ -34,9 +34,9 @@ def return_freed_memory_to_the_os() -> bool:
     """Serve every host allocation of 1 MiB or more with its own mmap (glibc), so a freed tensor goes back
     to the OS. glibc's default threshold rises to 32 MiB after the first large free, after which
     activation-sized tensors come from the heap and fragment it: a PPO stage then holds ~1 GB it no
-    longer uses. The price is paging in fresh memory for every large tensor: SFT trains 25 % slower
-    with it (105 vs 135 tokens/s on the embedded default), so only the stage whose peak binds (PPO,
-    four models resident) asks for it. No-op off glibc."""
+    longer uses. The price is paging in fresh memory for every large tensor (bench/workloads.py sft:
+    105 vs 135 tokens/s, and a higher peak there), so only the stage whose peak binds (PPO, four models
+    resident) asks for it. No-op off glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return libc.mallopt(-3, 1 << 20) == 1  # M_MMAP_THRESHOLD; also fixes it (no dynamic raise)

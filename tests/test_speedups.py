@@ -13,7 +13,7 @@ from srppo.models import load_causal_lm, load_tokenizer, load_value_model
 from srppo.ppo.experience import engine_logprobs, in_chunks
 from srppo.ppo.trainer import PPOTrainer, Roles
 from srppo.rewards import RewardNormalizer
-from srppo.roles import ppo_roles
+from srppo.roles import ppo_roles, recompute_activations
 from srppo.rollout.engine import SamplingParams, make_engine
 
 CPU = torch.device("cpu")
@@ -148,3 +148,11 @@ def test_fused_adamw_steps_like_torchs_default():
         runs.append(ps)
     for fused, default in zip(*runs):
         assert torch.allclose(fused, default, atol=1e-6)
+
+
+@pytest.mark.parametrize("ppo, lora, expected", [
+    ({}, False, True), ({"estimator": "grpo", "group_size": 4}, False, False), ({}, True, False),
+    ({"activation_checkpointing": False}, False, False),
+    ({"activation_checkpointing": True, "estimator": "rloo", "group_size": 2}, False, True)])
+def test_auto_checkpointing_only_where_the_peak_binds(ppo, lora, expected):
+    assert recompute_activations(Params.model_validate({"ppo": ppo, "lora": {"enabled": lora}})) is expected
