@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -232,6 +233,8 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
     tok = load_tokenizer(SFT_DIR)
     sft_dir = fresh_adapter_dir(Path(tempfile.mkdtemp(prefix="srppo-bench-lora-"))) if params.lora.enabled else SFT_DIR
     roles, _ = ppo_roles(params, BASE_DIR, sft_dir, dev, dt)
+    if sft_dir != SFT_DIR:
+        shutil.rmtree(sft_dir)  # the adapter is loaded: its temporary directory is not needed any more
     engine = rollout_engine(rcfg, roles.actor, tok, SFT_DIR, 0, dt)
     trainer = tr.PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
                             RewardNormalizer.from_dict(read_json(NORM)), forward_batch_size=rcfg.score_batch_size)
