@@ -291,7 +291,7 @@ class PPOConfig(Section):
         "auto", description="Recompute the actor's and critic's layer activations in the backward pass instead "
         "of keeping them. 'auto': on for full fine-tuning with a critic (four models and two Adam states "
         "resident, so activations plus gradients set the peak: 6.2 -> 5.7 GB on the embedded default, for "
-        "~15 % more update time), off for critic-free estimators and LoRA, whose peak is far lower.")
+        "~15 % more update time), off for critic-free estimators. Full fine-tuning only: LoRA's peak is far lower.")
     group_by_length: bool = Field(
         True, description="Put rollouts of similar length in the same mini-batch (mini-batches in random order): "
         "a forward is as wide as its longest row, so mixed lengths pay for padding.")

@@ -62,13 +62,14 @@ def reward_model_or_none(cfg: RewardConfig, device, dtype):
 def recompute_activations(params) -> bool:
     """ppo.activation_checkpointing with 'auto' resolved: on only where the peak binds, i.e. full fine-tuning
     that trains a critic. Critic-free estimators hold one Adam state (4.6 vs 6.2 GB on the embedded
-    default) and LoRA a fraction of that: there the recompute would cost time and buy nothing."""
+    default) and LoRA a fraction of that: there the recompute would cost time and buy nothing. LoRA's
+    shared base is never checkpointed (its frozen roles run on the same modules)."""
     setting = params.ppo.activation_checkpointing
-    if setting != "auto":
-        return setting
+    if params.lora.enabled or setting != "auto":
+        return setting and not params.lora.enabled
     from srppo.ppo.estimators import CRITIC_FREE
 
-    return not params.lora.enabled and params.ppo.estimator not in CRITIC_FREE
+    return params.ppo.estimator not in CRITIC_FREE
 
 
 def ppo_roles(params, base_dir, sft_dir, device, dtype, shard=lambda model: model):

@@ -153,6 +153,7 @@ def test_fused_adamw_steps_like_torchs_default():
 @pytest.mark.parametrize("ppo, lora, expected", [
     ({}, False, True), ({"estimator": "grpo", "group_size": 4}, False, False), ({}, True, False),
     ({"activation_checkpointing": False}, False, False),
-    ({"activation_checkpointing": True, "estimator": "rloo", "group_size": 2}, False, True)])
+    ({"activation_checkpointing": True, "estimator": "rloo", "group_size": 2}, False, True),
+    ({"activation_checkpointing": True}, True, False)])
 def test_auto_checkpointing_only_where_the_peak_binds(ppo, lora, expected):
     assert recompute_activations(Params.model_validate({"ppo": ppo, "lora": {"enabled": lora}})) is expected
