@@ -24,7 +24,6 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
     del out  # the logits are the largest tensor here: keep no second reference to them
     if temperature != 1.0:
         logits = logits / temperature
-    ent = None
     if with_entropy:
         with torch.no_grad():  # one row at a time: p * log p over the vocabulary is as large as the logits
             ent_suffix = torch.stack([-(row.softmax(-1) * row.log_softmax(-1)).sum(-1) for row in logits])
