@@ -171,6 +171,10 @@ class RewardModelConfig(Section):
     n_prompts: int | None = Field(
         64, ge=2, description="Demonstration prompts used (the first N after a seeded shuffle); null = all. "
         "Sampling and pair training dominate the baseline's cost on a CPU.")
+    preferences: Literal["checkers", "demonstrations"] = Field(
+        "checkers", description="Where the labels come from: `checkers` ranks every answer by the testbed's "
+        "checkers (the embedded default); `demonstrations` prefers the demonstration to each p_SFT sample, "
+        "for real data that has no checkers and no preference dataset.")
     samples_per_prompt: int = Field(4, ge=2, description="p_SFT samples per demonstration prompt.")
     include_demos: bool = Field(True, description="The demonstration itself is one of the ranked answers.")
     max_pairs_per_prompt: int = Field(4, ge=1, description="Preference pairs kept per prompt (better, worse).")

@@ -87,23 +87,38 @@ def answer_quality(text: str, checks: list[dict]) -> int:
 
 def preference_pairs(records: list[dict], prompts: list[list[int]], samples: list[list[Generation]], tok,
                      cfg, seed: int, source: str) -> list[tuple]:
-    """(prompt, better, worse) token triples: every pair of a prompt's answers the checkers separate,
-    at most cfg.max_pairs_per_prompt per prompt (chosen at random, seeded)."""
+    """(prompt, better, worse) token triples, at most cfg.max_pairs_per_prompt per prompt (chosen at
+    random, seeded): every pair of a prompt's answers the checkers separate, or, with
+    cfg.preferences == "demonstrations", the demonstration over each of p_SFT's samples."""
     rng = random.Random(seed)
+    rank = _demonstration_pairs if getattr(cfg, "preferences", "checkers") == "demonstrations" else _checker_pairs
     pairs = []
     for row, (rec, prompt, gens) in enumerate(zip(records, prompts, samples), start=1):
-        if not rec.get("checks"):
-            raise DataError(source, row, "checks", "is missing: the reward model is trained on checker "
-                            "rankings; for data without checkers give a trained model in reward.model_path")
-        answers = [(answer_quality(tok.decode(g.response_ids, skip_special_tokens=True).strip(), rec["checks"]),
-                    g.response_ids) for g in gens]
-        if cfg.include_demos and rec.get("response"):
-            demo = encode_response(tok, rec["messages"], rec["response"], prompt)
-            answers.append((answer_quality(rec["response"], rec["checks"]), demo))
-        ranked = [(prompt, a, b) for qa, a in answers for qb, b in answers if qa > qb]
+        ranked = rank(rec, prompt, gens, tok, cfg, source, row)
         rng.shuffle(ranked)
         pairs += ranked[: cfg.max_pairs_per_prompt]
     return pairs
+
+
+def _checker_pairs(rec, prompt, gens, tok, cfg, source, row) -> list[tuple]:
+    if not rec.get("checks"):
+        raise DataError(source, row, "checks", "is missing: the reward model is trained on checker rankings; "
+                        "for data without checkers set reward_model.preferences: demonstrations, or give a "
+                        "trained model in reward.model_path")
+    answers = [(answer_quality(tok.decode(g.response_ids, skip_special_tokens=True).strip(), rec["checks"]),
+                g.response_ids) for g in gens]
+    if cfg.include_demos and rec.get("response"):
+        demo = encode_response(tok, rec["messages"], rec["response"], prompt)
+        answers.append((answer_quality(rec["response"], rec["checks"]), demo))
+    return [(prompt, a, b) for qa, a in answers for qb, b in answers if qa > qb]
+
+
+def _demonstration_pairs(rec, prompt, gens, tok, cfg, source, row) -> list[tuple]:
+    if not rec.get("response"):
+        raise DataError(source, row, "response", "is missing: reward_model.preferences: demonstrations "
+                        "prefers the demonstration to p_SFT's samples")
+    demo = encode_response(tok, rec["messages"], rec["response"], prompt)
+    return [(prompt, demo, g.response_ids) for g in gens if g.response_ids != demo]
 
 
 def pair_scores(model, tok, pairs: list[tuple], device) -> tuple[torch.Tensor, torch.Tensor]:

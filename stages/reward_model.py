@@ -1,8 +1,9 @@
 """Stage `reward_model` (comparison grid): the RM-PPO baseline's Bradley-Terry reward model.
 
 p_SFT answers every demonstration prompt `reward_model.samples_per_prompt` times; the checkers rank
-the answers (and the demonstration); a model initialised from p_SFT learns the ranking. A tenth of
-the prompts is held out to report how often the trained model agrees with the checkers.
+the answers (and the demonstration), or, with `reward_model.preferences: demonstrations` (real data
+without checkers), the demonstration is preferred to each sample. A model initialised from p_SFT
+learns the ranking. A tenth of the prompts is held out to report how often it agrees with the labels.
 usage: python stages/reward_model.py SFT_DIR DEMOS_JSONL OUT_DIR METRICS_JSON CURVES_CSV
 """
 

@@ -9,7 +9,7 @@ import torch
 
 from srppo.compare import collect, markdown, paired_difference, scores, summarise
 from srppo.config import ConfigError, load_params, parse_overrides
-from srppo.data.chat import collate
+from srppo.data.chat import collate, encode_response
 from srppo.reward_model import (bradley_terry_loss, load_reward_model, preference_pairs, reward_scores,
                                 save_reward_model)
 from srppo.rollout.engine import Generation
@@ -39,6 +39,23 @@ def test_preference_pairs_rank_by_the_checkers(tiny_dir):
     assert len(preference_pairs([rec], [[1]], [[good, bad]], tok, cfg, 0, "demos.jsonl")) == 1
     with pytest.raises(ValueError, match=r"demos.jsonl row 1: field 'checks' is missing"):
         preference_pairs([{**rec, "checks": []}], [[1]], [[good, bad]], tok, cfg, 0, "demos.jsonl")
+
+
+def test_preference_pairs_from_demonstrations_need_no_checkers(tiny_dir):
+    from srppo.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_dir)
+    rec = {"id": "r1", "messages": [{"role": "user", "content": "Name a fruit."}], "response": "An apple."}
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    demo = encode_response(tok, rec["messages"], rec["response"], [1])
+    samples = [Generation([1], enc("a pear"), False), Generation([1], demo, False), Generation([1], enc("x"), False)]
+    cfg = SimpleNamespace(preferences="demonstrations", include_demos=True, max_pairs_per_prompt=10)
+    pairs = preference_pairs([rec], [[1]], [samples], tok, cfg, seed=0, source="demos.jsonl")
+    # the demonstration beats each sample that differs from it; a sample equal to it makes no pair
+    assert sorted(worse for _, _, worse in pairs) == sorted([enc("a pear"), enc("x")])
+    assert all(better == demo for _, better, _ in pairs)
+    with pytest.raises(ValueError, match=r"demos.jsonl row 1: field 'response' is missing"):
+        preference_pairs([{**rec, "response": ""}], [[1]], [samples], tok, cfg, 0, "demos.jsonl")
 
 
 def test_reward_model_reads_the_last_response_token_whatever_the_padding(tiny_dir, tmp_path):
