@@ -14,7 +14,7 @@ from srppo.ppo.experience import engine_logprobs, in_chunks
 from srppo.ppo.trainer import PPOTrainer, Roles
 from srppo.rewards import RewardNormalizer
 from srppo.roles import ppo_roles, recompute_activations
-from srppo.rollout.engine import SamplingParams, make_engine
+from srppo.rollout.engine import SamplingParams, TokenSampler, make_engine
 
 CPU = torch.device("cpu")
 PROMPTS = [[{"role": "user", "content": text}] for text in
@@ -41,6 +41,28 @@ def test_hf_engine_logprobs_equal_the_trainers(tiny_sft_dir, temperature):
     engine = engine_logprobs(gens, trainer)
     assert torch.allclose(engine, trainer, atol=1e-4), (engine - trainer).abs().max()
     assert (engine * batch.action_mask).sum() < 0  # real log-probs, not zeros
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_token_sampler_draws_from_the_softmax(temperature):
+    # 40 steps x 1000 rows = 40k draws over a 6-token vocabulary, one token masked out: the sample frequencies match
+    # softmax(logits / T) within sampling noise, the masked token never comes, and the recorded
+    # log-prob is the chosen token's
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5]]).repeat(1000, 1)
+    probs = torch.softmax(logits / temperature, dim=-1)[0]
+    sampler = TokenSampler(temperature, torch.Generator().manual_seed(0))
+    counts = torch.zeros(6)
+    for _ in range(40):
+        out = sampler(torch.zeros(1000, 1, dtype=torch.long), logits.clone())
+        token = out.argmax(dim=-1)
+        assert torch.isfinite(out).sum() == 1000 and (out.max(dim=-1).values == 0).all()
+        counts += torch.bincount(token, minlength=6)
+    assert counts[4] == 0
+    freq = counts / counts.sum()
+    assert torch.allclose(freq, probs, atol=4 * (probs * (1 - probs) / counts.sum()).sqrt().max().item())
+    recorded = sampler.logprobs(1000)
+    assert recorded.shape == (1000, 40)
+    assert torch.allclose(recorded[:, -1], torch.log(probs)[token], atol=1e-6)
 
 
 def test_top_p_and_greedy_report_no_logprobs(tiny_sft_dir):

@@ -70,30 +70,41 @@ def cut_at_eos(tokens: list[int], eos_id: int, max_new_tokens: int) -> tuple[lis
     return tokens[:max_new_tokens], True
 
 
-class LogprobRecorder:
-    """A logits processor that keeps log p(sampled token) at each decoding step, so PPO can take the
-    sampling-time log-probs from generation instead of a second forward of the actor.
+class TokenSampler:
+    """A logits processor that samples the next token itself and keeps its log-prob, so PPO can take
+    the sampling-time log-probs from generation instead of a second forward of the actor.
 
-    generate() runs custom processors before its temperature/top-p warpers, so this one sees the raw
-    logits and applies the temperature itself: the same distribution the trainer's `token_logprobs`
-    computes. At step k it sees the token chosen at step k-1 as the last input id; `finish` reads the
-    last step's token from the returned sequences. Holds one (B, vocab) row of log-probs at a time.
+    generate() then runs greedy: the processor leaves only its chosen token finite, so argmax picks it.
+    Sampling is by inverse CDF (one uniform number per row, a cumulative sum, a binary search) into a
+    buffer kept across steps. torch.multinomial instead draws an exponential variate for every
+    vocabulary entry and, with the softmax before it, allocates several (B, vocab) tensors per step:
+    about a tenth of batched generation time on a CPU with a 49k vocabulary. The log-probs are the
+    temperature-scaled log-softmax of the raw logits, the distribution the trainer's `token_logprobs`
+    computes.
     """
 
-    def __init__(self, temperature: float):
-        self.temperature, self.previous, self.steps = temperature, None, []
+    def __init__(self, temperature: float, generator: torch.Generator | None = None):
+        self.temperature, self.generator, self.steps, self.buffer = temperature, generator, [], None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
+        # transformers hands each processor its own float32 copy of the logits: edited in place
+        scores = scores.float()
+        if self.temperature != 1.0:
+            scores.div_(self.temperature)
+        if self.buffer is None or self.buffer.shape != scores.shape:
+            self.buffer = torch.empty_like(scores)
+        top = scores.amax(dim=-1, keepdim=True)
+        cdf = torch.sub(scores, top, out=self.buffer).exp_().cumsum_(dim=-1)  # unnormalised
+        total = cdf[:, -1:]
+        # u in (0, total]; the first entry whose cumulative mass reaches u always has mass of its own
+        u = (1.0 - torch.rand(total.shape, device=cdf.device, generator=self.generator)) * total
+        token = torch.searchsorted(cdf, u)
+        self.steps.append((scores.gather(1, token) - top - total.log()).squeeze(1))
+        return scores.fill_(float("-inf")).scatter_(1, token, 0.0)
 
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+    def logprobs(self, batch_size: int) -> torch.Tensor:
         """(B, generated steps) log-probs of the sampled tokens."""
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(1, sequences[:, -1:]).squeeze(1))
-        return torch.stack(self.steps, dim=1) if self.steps else sequences.new_zeros((sequences.shape[0], 0), dtype=torch.float)
+        return torch.stack(self.steps, dim=1) if self.steps else torch.zeros(batch_size, 0)
 
 
 @register_engine("hf")
@@ -135,17 +146,18 @@ class HFEngine:
             attn[i, T - len(p):] = 1
         was_training = self.model.training
         self.model.eval()
-        # sampling records each token's log-prob (with top-p they would be the renormalised nucleus's:
-        # not the distribution PPO's ratio uses, so none are reported then)
-        recorder = LogprobRecorder(params.temperature) if not params.greedy and params.top_p == 1.0 else None
-        sample = dict(do_sample=False) if params.greedy else dict(
+        # plain sampling goes through TokenSampler, which also records each token's log-prob; with
+        # top-p those would be the renormalised nucleus's, not the distribution PPO's ratio uses, so
+        # top-p samples through transformers' warpers and reports none
+        sampler = TokenSampler(params.temperature) if not params.greedy and params.top_p == 1.0 else None
+        sample = dict(do_sample=False) if params.greedy or sampler else dict(
             do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         out = self.model.generate(
             input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=params.max_new_tokens,
             pad_token_id=pad, eos_token_id=self.tok.eos_token_id, use_cache=True,
-            logits_processor=LogitsProcessorList([recorder]) if recorder else None, **sample)
+            logits_processor=LogitsProcessorList([sampler]) if sampler else None, **sample)
         self.model.train(was_training)
-        logprobs = recorder.finish(out).tolist() if recorder else None
+        logprobs = sampler.logprobs(len(prompts)).tolist() if sampler else None
         gens = []
         for i, p in enumerate(prompts):
             resp, truncated = cut_at_eos(out[i, T:].tolist(), self.tok.eos_token_id, params.max_new_tokens)
