@@ -8,7 +8,7 @@ import torch
 from srppo.config import ConfigError, PPOConfig, Params
 from srppo.data.chat import collate, encode_prompt, select_rows
 from srppo.distributed import adamw
-from srppo.logprobs import token_logprobs
+from srppo.logprobs import shared_prompt_logprobs, token_logprobs
 from srppo.models import load_causal_lm, load_tokenizer, load_value_model
 from srppo.ppo.experience import engine_logprobs, in_chunks
 from srppo.ppo.trainer import PPOTrainer, Roles
@@ -71,6 +71,24 @@ def test_top_p_and_greedy_report_no_logprobs(tiny_sft_dir):
     prompts = [encode_prompt(tok, PROMPTS[0])]
     assert engine.generate(prompts, SamplingParams(max_new_tokens=4, top_p=0.9))[0].logprobs is None
     assert engine.generate(prompts, SamplingParams(max_new_tokens=4, greedy=True))[0].logprobs is None
+
+
+@pytest.mark.parametrize("rows", [None, 5])
+def test_shared_prompt_forward_gives_the_per_row_log_probs(tiny_dir, rows):
+    # groups of 3 and 4 samples of prompts of different lengths, responses of 1 to 6 tokens; a prompt
+    # that comes back later in the batch still shares its group's forward
+    tok = load_tokenizer(tiny_dir)
+    model = load_causal_lm(tiny_dir, CPU, torch.float32)
+    a, b, c = (encode_prompt(tok, m) for m in PROMPTS[:3])
+    prompts = [a, a, a, b, b, b, b, c, a]
+    responses = [[7, 9, tok.eos_token_id], [8], [5, 6, 7, 8, 9, 10], [11, 12], [13, tok.eos_token_id],
+                 [14, 15, 16, 17], [18], [19, 20, 21], [22, 23]]
+    batch = collate(prompts, responses, tok.pad_token_id)
+    with torch.no_grad():
+        expected = token_logprobs(model, batch)
+    shared = shared_prompt_logprobs(model, prompts, responses, batch, tok.pad_token_id, rows=rows)
+    assert torch.allclose(shared, expected, atol=1e-5), (shared - expected).abs().max()
+    assert (shared * batch.action_mask).sum() < 0
 
 
 def test_cut_rows_and_sorted_chunks_give_the_full_width_result(tiny_dir):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from srppo.data.chat import Batch, collate, select_rows
-from srppo.logprobs import token_logprobs
+from srppo.logprobs import shared_prompt_logprobs, token_logprobs
 from srppo.ppo.estimators import CRITIC_FREE, get_estimator
 from srppo.ppo.losses import kl_penalty, masked_whiten
 from srppo.reward_model import reward_scores
@@ -79,10 +79,15 @@ def score(gens: list[Generation], sft, pt, pad_id: int, device, chunk: int | Non
           reward_model=None) -> Scored:
     """p_SFT's log-probs (the KL reference) and the reward: coherent (p_SFT, p_PT) or, given a
     `reward_model` (the RM-PPO baseline), its score at the last token; then p_PT is not run."""
-    batch = collate([g.prompt_ids for g in gens], [g.response_ids for g in gens], pad_id).to(device)
-    logp_sft = in_chunks(lambda b: token_logprobs(sft, b), batch, chunk)
+    prompts, responses = [g.prompt_ids for g in gens], [g.response_ids for g in gens]
+    batch = collate(prompts, responses, pad_id).to(device)
+    if len({tuple(p) for p in prompts}) < len(prompts):  # groups: each distinct prompt runs once
+        frozen_logprobs = lambda model: shared_prompt_logprobs(model, prompts, responses, batch, pad_id, chunk)
+    else:
+        frozen_logprobs = lambda model: in_chunks(lambda b: token_logprobs(model, b), batch, chunk)
+    logp_sft = frozen_logprobs(sft)
     if reward_model is None:
-        logp_pt = in_chunks(lambda b: token_logprobs(pt, b), batch, chunk)
+        logp_pt = frozen_logprobs(pt)
         reward = coherent_reward(logp_sft, logp_pt, batch.action_mask)
     else:
         logp_pt = torch.zeros_like(logp_sft)
