@@ -43,6 +43,25 @@ def test_hf_engine_logprobs_equal_the_trainers(tiny_sft_dir, temperature):
     assert (engine * batch.action_mask).sum() < 0  # real log-probs, not zeros
 
 
+def test_hf_engine_shares_a_repeated_prompts_prefill(tiny_sft_dir):
+    # grouped prompts (as GRPO samples them) take the shared-prefill path; the log-probs the engine
+    # reports still equal a full forward of prompt + response, and greedy decoding is unchanged
+    tok = load_tokenizer(tiny_sft_dir)
+    model = load_causal_lm(tiny_sft_dir, CPU, torch.float32)
+    engine = make_engine("hf", model, tok, batch_size=8)
+    a, b, c = (encode_prompt(tok, m) for m in PROMPTS[1:])
+    prompts = [a, a, a, b, b, b, c, c]
+    torch.manual_seed(0)
+    gens = engine.generate(prompts, SamplingParams(max_new_tokens=10))
+    batch = collate([g.prompt_ids for g in gens], [g.response_ids for g in gens], tok.pad_token_id)
+    with torch.no_grad():
+        trainer = token_logprobs(model, batch)
+    assert torch.allclose(engine_logprobs(gens, trainer), trainer, atol=1e-4)
+    greedy = SamplingParams(max_new_tokens=10, greedy=True)
+    alone = [make_engine("hf", model, tok, batch_size=1).generate([p], greedy)[0].response_ids for p in (a, b, c)]
+    assert [g.response_ids for g in engine.generate(prompts, greedy)] == [alone[k] for k in (0, 0, 0, 1, 1, 1, 2, 2)]
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_token_sampler_draws_from_the_softmax(temperature):
     # 40 steps x 1000 rows = 40k draws over a 6-token vocabulary, one token masked out: the sample frequencies match

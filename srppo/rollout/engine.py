@@ -152,9 +152,11 @@ class HFEngine:
         sampler = TokenSampler(params.temperature) if not params.greedy and params.top_p == 1.0 else None
         sample = dict(do_sample=False) if params.greedy or sampler else dict(
             do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        ids, attn = ids.to(device), attn.to(device)
         out = self.model.generate(
-            input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=params.max_new_tokens,
+            input_ids=ids, attention_mask=attn, max_new_tokens=params.max_new_tokens,
             pad_token_id=pad, eos_token_id=self.tok.eos_token_id, use_cache=True,
+            past_key_values=self._shared_prefill(prompts, ids, attn),
             logits_processor=LogitsProcessorList([sampler]) if sampler else None, **sample)
         self.model.train(was_training)
         logprobs = sampler.logprobs(len(prompts)).tolist() if sampler else None
@@ -163,3 +165,19 @@ class HFEngine:
             resp, truncated = cut_at_eos(out[i, T:].tolist(), self.tok.eos_token_id, params.max_new_tokens)
             gens.append(Generation(list(p), resp, truncated, logprobs[i][: len(resp)] if logprobs else None))
         return gens
+
+    def _shared_prefill(self, prompts: list[list[int]], ids: torch.Tensor, attn: torch.Tensor):
+        """When prompts repeat (GRPO/RLOO groups), the key/value cache of every distinct prompt but its
+        last token, computed once and copied to each row that shares it; generate() then runs only the
+        last prompt token and the new ones. None when every prompt is distinct (or one token long)."""
+        first: dict[tuple, int] = {}
+        owner = [first.setdefault(tuple(p), i) for i, p in enumerate(prompts)]
+        if len(first) == len(prompts) or min(map(len, prompts)) < 2:
+            return None
+        rows = torch.tensor(sorted(first.values()), device=ids.device)
+        head, head_attn = ids[rows, :-1], attn[rows, :-1]
+        cache = self.model(input_ids=head, attention_mask=head_attn, use_cache=True, logits_to_keep=1,
+                           position_ids=(head_attn.cumsum(-1) - 1).clamp(min=0)).past_key_values
+        slot = {row: k for k, row in enumerate(sorted(first.values()))}
+        cache.reorder_cache(torch.tensor([slot[o] for o in owner], device=ids.device))
+        return cache
