@@ -305,10 +305,11 @@ def report(res: dict, d: dict, cmd: str, before: dict | None = None) -> str:
         f"{gae['prompts_per_iter']} distinct prompts for gae), at most {trl['max_new_tokens']} new tokens at temperature 1, fp32, Adam lr 1e-5, "
         f"{trl['buffer'] // trl['mini_batch_size']} optimizer steps of {trl['mini_batch_size']} rollouts, one "
         "epoch, KL coefficient 0.2 to p_SFT, the coherent reward (srppo's `score()` and calibrated normaliser "
-        "as TRL's reward function). TRL's gradient checkpointing and bf16 (on by default) are off. What differs "
+        "as TRL's reward function: both sides run each distinct prompt's p_SFT/p_PT forward once per group). TRL's gradient checkpointing and bf16 (on by default) are off. What differs "
         "by design: TRL has no critic (so srppo grpo is the like-for-like row; gae adds a critic forward and "
         "its updates), TRL runs p_SFT twice (reference for its KL term, and in the reward) where srppo runs it "
-        "once for both, TRL puts the KL in the loss and srppo in the reward, and sampled responses differ in "
+        "once for both, TRL puts the KL in the loss and srppo in the reward, srppo's engine prefills a prompt "
+        "once per group where TRL's generate() prefills every row, and sampled responses differ in "
         "length, hence the rate in tokens/s.", "", *phases(res)]
     return "\n".join(head + table(res, d, cmd) + before_after(d, before) + notes) + "\n"
 

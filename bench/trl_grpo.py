@@ -9,10 +9,12 @@ lr 1e-5 with grad-norm clip 1, 8 rollouts per optimizer step and 2 steps per gen
 steps_per_generation), one pass (num_iterations 1), KL coefficient 0.2 to p_SFT (TRL: beta, in the
 loss; srppo: in the reward). Gradient checkpointing and bf16, on by default in TRL, are turned off:
 srppo uses neither here. The reward is srppo's own `score()` (p_SFT and p_PT forwards) with the
-calibrated normaliser, so both sides pay for the same reward model.
+calibrated normaliser, so both sides pay for the same reward model (which runs each distinct
+prompt's forward once per group of samples).
 What still differs (by design of each library): TRL runs p_SFT twice per iteration (its reference
 model for the KL term, and inside the reward), srppo once for both; TRL generates the whole batch in
-one call without sorting prompts by length.
+one call without sorting prompts by length and prefills every row, where srppo's engine prefills a
+repeated prompt once.
 """
 
 from __future__ import annotations
