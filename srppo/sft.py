@@ -20,7 +20,17 @@ def encode_demos(tok, demos: list[dict], max_len: int, source: str = "demonstrat
                  overlength: str = "error", log=None) -> list[tuple]:
     """(prompt_ids, response_ids) per demo. A row longer than `max_len` is an error, never a silent cut;
     with overlength='drop' it is left out and the count reported (real data with a few long rows)."""
-    encoded, dropped = [], []
+    return [encoded for _, encoded in _within_max_len(tok, demos, max_len, source, overlength, log)]
+
+
+def demos_within_max_len(tok, demos: list[dict], max_len: int, source: str = "demonstrations",
+                         overlength: str = "error", log=None) -> list[dict]:
+    """The demo records `encode_demos` keeps, for stages that train on them in another form."""
+    return [demo for demo, _ in _within_max_len(tok, demos, max_len, source, overlength, log)]
+
+
+def _within_max_len(tok, demos, max_len, source, overlength, log) -> list[tuple[dict, tuple]]:
+    kept, dropped = [], []
     for row, demo in enumerate(demos, start=1):
         p = encode_prompt(tok, demo["messages"])
         r = encode_response(tok, demo["messages"], demo["response"], p)
@@ -31,13 +41,13 @@ def encode_demos(tok, demos: list[dict], max_len: int, source: str = "demonstrat
             raise DataError(f"{source} row {row} (id {demo['id']}): prompt+response is {len(p) + len(r)} "
                             f"tokens, over sft.max_len={max_len}; raise it, filter the row or set "
                             f"sft.overlength: drop")
-        encoded.append((p, r))
+        kept.append((demo, (p, r)))
     if dropped and log:
         log(f"{source}: dropped {len(dropped)} of {len(demos)} rows over sft.max_len={max_len} "
             f"(rows {dropped[:10]}{' ...' if len(dropped) > 10 else ''})")
-    if not encoded:
+    if not kept:
         raise DataError(f"{source}: every row is over sft.max_len={max_len}")
-    return encoded
+    return kept
 
 
 def check_max_len(max_len: int, context: int | None, model_dir) -> None:

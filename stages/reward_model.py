@@ -20,6 +20,7 @@ from srppo.reward_model import (load_reward_model, pair_accuracy, preference_pai
 from srppo.roles import frozen, prompt_ids, rollout_engine
 from srppo.rollout.engine import SamplingParams
 from srppo.runner import Timer, load, log, progress
+from srppo.sft import demos_within_max_len
 
 
 def sample_answers(params, tok, sft_dir, prompts, device, dtype, bar) -> list[list]:
@@ -42,6 +43,9 @@ def main(sft_dir, demos_path, out_dir, metrics_path, curves_csv) -> None:
     tok = load_tokenizer(sft_dir)
     records = read_jsonl(demos_path)
     prompt_ids(tok, records, demos_path, cfg.max_new_tokens, context_length(sft_dir))  # every row checked
+    if cfg.include_demos or cfg.preferences == "demonstrations":  # SFT's length policy: pairs train in batches
+        records = demos_within_max_len(tok, records, params.sft.max_len, demos_path, params.sft.overlength,
+                                       lambda msg: log("reward_model", msg))
     if cfg.n_prompts and cfg.n_prompts < len(records):
         records = random.Random(seed).sample(records, cfg.n_prompts)
     prompts = prompt_ids(tok, records)
@@ -54,7 +58,7 @@ def main(sft_dir, demos_path, out_dir, metrics_path, curves_csv) -> None:
     train = preference_pairs(*split(False), tok, cfg, seed, demos_path)
     test = preference_pairs(*split(True), tok, cfg, seed, demos_path)
     if not train:
-        raise SystemExit(f"reward_model: the checkers separate no pair of answers in {demos_path}: nothing to learn")
+        raise SystemExit(f"reward_model: the labels separate no pair of answers in {demos_path}: nothing to learn")
     log("reward_model", f"{len(train)} training pairs, {len(test)} held-out pairs")
     model = load_reward_model(sft_dir, device, dtype, trainable=True)
     before = pair_accuracy(model, tok, test, cfg.batch_size, device)

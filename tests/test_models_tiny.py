@@ -13,7 +13,7 @@ from srppo.ppo.experience import score
 from srppo.ppo.trainer import PPOTrainer, Roles
 from srppo.rewards import RewardNormalizer
 from srppo.rollout.engine import Generation, SamplingParams, cut_at_eos, make_engine
-from srppo.sft import encode_demos, train_sft
+from srppo.sft import demos_within_max_len, encode_demos, train_sft
 
 CPU = torch.device("cpu")
 MSG = [{"role": "user", "content": "Describe rain in one sentence."}]
@@ -132,3 +132,5 @@ def test_overlength_demos_can_be_dropped_and_counted(tiny_dir):
     assert len(encoded) == 1 and said == ["demos.jsonl: dropped 1 of 2 rows over sft.max_len=40 (rows [2])"]
     with pytest.raises(ValueError, match=r"demos.jsonl row 2 \(id long\).*sft.overlength: drop"):
         encode_demos(tok, demos, max_len=40, source="demos.jsonl")
+    # the reward model's stage keeps the same records SFT trains on
+    assert [d["id"] for d in demos_within_max_len(tok, demos, 40, overlength="drop")] == ["short"]
