@@ -46,12 +46,15 @@ def scores(result: dict) -> dict[str, float]:
     return out
 
 
-def collect(metrics_dir: Path) -> list[dict]:
-    """Rows {setup, seed, method, column: score} from every `<setup>-s<seed>/eval.json` below `metrics_dir`."""
+def collect(metrics_dir: Path, setups: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
+    """Rows {setup, seed, method, column: score} from every `<setup>-s<seed>/eval.json` below `metrics_dir`,
+    only the grid's cells when `setups`/`seeds` are given: cells left from an earlier, wider grid (or
+    another preset's run) stay on disk but must not enter this grid's means."""
     rows = []
     for path in sorted(Path(metrics_dir).glob("*/eval.json")):
         cell = CELL.match(path.parent.name)
-        if not cell:
+        if not cell or (setups is not None and cell["setup"] not in setups) or \
+                (seeds is not None and int(cell["seed"]) not in seeds):
             continue
         for method, result in json.loads(path.read_text()).items():
             if method in METHODS and isinstance(result, dict):
@@ -138,10 +141,12 @@ def summary_json(rows: list[dict]) -> dict:
     return {"scores": summary, "srppo_vs": verdicts}
 
 
-def collect_filter(metrics_dir: Path) -> dict[str, dict[str, dict]]:
+def collect_filter(metrics_dir: Path, setups: list[str] | None = None) -> dict[str, dict[str, dict]]:
     """{setup: {method: scores}} from every `<setup>/filter_eval.json` (the data-filter comparison)."""
     out = {}
     for path in sorted(Path(metrics_dir).glob("*/filter_eval.json")):
+        if setups is not None and path.parent.name not in setups:
+            continue
         result = json.loads(path.read_text())
         out[path.parent.name] = {m: scores(result[m]) for m in FILTER_METHODS if isinstance(result.get(m), dict)}
     return out

@@ -1,11 +1,13 @@
 """Stage `table` (comparison grid): the paper-style tables and bar plot over all cells' eval metrics.
 
-usage: python stages/compare.py METRICS_DIR OUT_DIR
-Writes OUT_DIR/table.md, OUT_DIR/bars.png and OUT_DIR/summary.json (`dvc metrics diff` compares it).
+usage: python stages/compare.py METRICS_DIR OUT_DIR [GRID_YAML]
+With GRID_YAML (comparison/grid.yaml) only its overlaps x seeds enter the table. Writes OUT_DIR/table.md, OUT_DIR/bars.png and OUT_DIR/summary.json (`dvc metrics diff` compares it).
 """
 
 import sys
 from pathlib import Path
+
+import yaml
 
 from srppo import plots
 from srppo.compare import collect, collect_filter, filter_markdown, markdown, summarise, summary_json
@@ -15,12 +17,15 @@ HEADER = ("# Comparison grid\n\nScores in %, mean ± std over seeds (the testbed
           "the AlpacaEval-style judge when configured). Regenerate: `dvc repro comparison/dvc.yaml`.\n\n")
 
 
-def main(metrics_dir: str, out_dir: str) -> None:
-    rows = collect(Path(metrics_dir))
+def main(metrics_dir: str, out_dir: str, grid_yaml: str | None = None) -> None:
+    grid = yaml.safe_load(Path(grid_yaml).read_text()) if grid_yaml else {}
+    setups, seeds = grid.get("overlaps"), grid.get("seeds")
+    rows = collect(Path(metrics_dir), setups, seeds)
     if not rows:
-        raise SystemExit(f"table: no <setup>-s<seed>/eval.json under {metrics_dir}")
+        raise SystemExit(f"table: no <setup>-s<seed>/eval.json under {metrics_dir}"
+                         + (f" for overlaps {setups} x seeds {seeds} of {grid_yaml}" if grid_yaml else ""))
     out = Path(out_dir)
-    filtered = collect_filter(Path(metrics_dir))
+    filtered = collect_filter(Path(metrics_dir), setups)
     table = markdown(rows) + ("\n" + filter_markdown(filtered) if filtered else "")
     write_text_atomic(out / "table.md", HEADER + table)
     plots.bars_with_errors(summarise(rows), out / "bars.png", "Comparison")

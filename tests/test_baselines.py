@@ -121,6 +121,9 @@ def test_scores_average_the_benchmarks_not_the_breakdown(tmp_path):
     (cell / "eval.json").write_text('{"srppo": {"strict_acc": 10.0}, "seconds": {"total": 3}}')
     assert collect(tmp_path) == [{"setup": "medium", "seed": 4, "method": "srppo", "IF strict": 10.0,
                                   "Average": 10.0}]
+    # a cell outside the grid (an earlier run's seed or setup) stays out of the table
+    assert collect(tmp_path, setups=["medium"], seeds=[0, 1]) == []
+    assert collect(tmp_path, setups=["minimum"]) == [] and len(collect(tmp_path, seeds=[4])) == 1
 
 
 def test_split_by_reward_keeps_the_top_and_an_equal_random_subset():
