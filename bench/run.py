@@ -175,9 +175,10 @@ def table(res: dict, d: dict, cmd: str) -> list[str]:
         ("PPO iteration, srppo grpo vs TRL GRPOTrainer", f"{grpo['tokens_per_s']:.1f} vs {trl['tokens_per_s']:.1f} "
          f"tokens/s = {d['grpo_vs_trl']:.2f}x", "≥ 1.5x", verdict(d["grpo_vs_trl"] >= TARGETS["vs_trl"]),
          f"{grpo['command']}; {trl['command']}"),
-        ("PPO iteration, srppo gae (with critic) vs TRL GRPOTrainer",
-         f"{gae['tokens_per_s']:.1f} vs {trl['tokens_per_s']:.1f} tokens/s = {d['gae_vs_trl']:.2f}x", "≥ 1.5x",
-         verdict(d["gae_vs_trl"] >= TARGETS["vs_trl"]), f"{gae['command']}; {trl['command']}"),
+        # not the same work: TRL has no critic, so this row informs and the grpo row holds the target
+        ("PPO iteration, srppo gae vs TRL GRPOTrainer (gae adds a critic forward and critic updates)",
+         f"{gae['tokens_per_s']:.1f} vs {trl['tokens_per_s']:.1f} tokens/s = {d['gae_vs_trl']:.2f}x", "–", "–",
+         f"{gae['command']}; {trl['command']}"),
         (f"bf16 instead of fp32 for the frozen p_SFT/p_PT forwards (p_SFT, {res['bf16']['rows']} demonstrations)",
          f"log-prob gap per token mean {res['bf16']['token_gap_mean']:.3f}, max {res['bf16']['token_gap_max']:.2f} nats; "
          f"per sequence {res['bf16']['sequence_gap_mean']:.2f} nats; forward {res['bf16']['fp32_s']:.2f} s fp32 vs "
