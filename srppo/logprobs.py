@@ -51,7 +51,7 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
     """`token_logprobs(model, batch)` for a frozen model when prompts repeat (GRPO/RLOO groups sample
     each prompt group_size times): each distinct prompt runs once, its key/value cache is copied to
     the rows that share it, and only the responses run per row. With 4 samples of a 40-token prompt
-    and 20-token responses that is under half the tokens. `batch` is `collate(prompts, responses)`;
+    and 20-token responses that is half the tokens. `batch` is `collate(prompts, responses)`;
     `rows` bounds the rows per forward as in `in_chunks`.
     """
     owner: dict[tuple, list[int]] = {}

@@ -91,7 +91,7 @@ def preference_pairs(records: list[dict], prompts: list[list[int]], samples: lis
     random, seeded): every pair of a prompt's answers the checkers separate, or, with
     cfg.preferences == "demonstrations", the demonstration over each of p_SFT's samples."""
     rng = random.Random(seed)
-    rank = _demonstration_pairs if getattr(cfg, "preferences", "checkers") == "demonstrations" else _checker_pairs
+    rank = _demonstration_pairs if cfg.preferences == "demonstrations" else _checker_pairs
     pairs = []
     for row, (rec, prompt, gens) in enumerate(zip(records, prompts, samples), start=1):
         ranked = rank(rec, prompt, gens, tok, cfg, source, row)

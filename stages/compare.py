@@ -1,7 +1,8 @@
 """Stage `table` (comparison grid): the paper-style tables and bar plot over all cells' eval metrics.
 
 usage: python stages/compare.py METRICS_DIR OUT_DIR [GRID_YAML]
-With GRID_YAML (comparison/grid.yaml) only its overlaps x seeds enter the table. Writes OUT_DIR/table.md, OUT_DIR/bars.png and OUT_DIR/summary.json (`dvc metrics diff` compares it).
+With GRID_YAML (comparison/grid.yaml) only its overlaps x seeds enter the table. Writes OUT_DIR/table.md,
+OUT_DIR/bars.png and OUT_DIR/summary.json (`dvc metrics diff` compares it).
 """
 
 import sys

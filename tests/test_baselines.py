@@ -30,7 +30,7 @@ def test_preference_pairs_rank_by_the_checkers(tiny_dir):
            "checks": [{"kind": "include_keyword", "keyword": "apple"}]}
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     good, bad = Generation([1], enc("apple pie"), False), Generation([1], enc("a pear"), False)
-    cfg = SimpleNamespace(include_demos=True, max_pairs_per_prompt=10)
+    cfg = SimpleNamespace(preferences="checkers", include_demos=True, max_pairs_per_prompt=10)
     pairs = preference_pairs([rec], [[1]], [[good, bad]], tok, cfg, seed=0, source="demos.jsonl")
     # strict passes (quality 2) beat the failing sample; the two passing answers tie and make no pair
     assert len(pairs) == 2 and all(worse == bad.response_ids for _, _, worse in pairs)

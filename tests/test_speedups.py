@@ -49,10 +49,15 @@ def test_hf_engine_shares_a_repeated_prompts_prefill(tiny_sft_dir):
     tok = load_tokenizer(tiny_sft_dir)
     model = load_causal_lm(tiny_sft_dir, CPU, torch.float32)
     engine = make_engine("hf", model, tok, batch_size=8)
+    caches = []
+    prefill = engine._shared_prefill
+    engine._shared_prefill = lambda *args: caches.append(prefill(*args)) or caches[-1]
     a, b, c = (encode_prompt(tok, m) for m in PROMPTS[1:])
     prompts = [a, a, a, b, b, b, c, c]
     torch.manual_seed(0)
     gens = engine.generate(prompts, SamplingParams(max_new_tokens=10))
+    # the path was taken: one cache for all 8 rows (3 distinct prompts' prefill, copied per row)
+    assert caches[0] is not None and caches[0].layers[0].keys.shape[0] == 8
     batch = collate([g.prompt_ids for g in gens], [g.response_ids for g in gens], tok.pad_token_id)
     with torch.no_grad():
         trainer = token_logprobs(model, batch)
