@@ -102,6 +102,32 @@ def git_commit(repo: Path) -> tuple[str | None, bool]:
     return head, dirty
 
 
+def check_git_identity(repo: Path) -> None:
+    """A recorded run ends in a commit (the DVC experiment): without a git identity it would fail there."""
+    missing = [key for key in ("user.name", "user.email")
+               if subprocess.run(["git", "config", key], cwd=repo, capture_output=True).returncode != 0]
+    if missing:
+        raise CommandError(
+            f"git {' and '.join(missing)} not configured in {repo}: a recorded run saves a DVC experiment, "
+            f"which is a git commit. Set them (git config --global user.name 'Your Name'; git config --global "
+            f"user.email you@example.com) or run without recording (--no-record, record=False in the run form).")
+
+
+def check_remote(repo: Path, remote: str | None) -> str:
+    """The remote's name and URL once it answers; an unknown name or an unreachable store fails here."""
+    with _open(repo) as r:
+        name = remote or r.config["core"].get("remote")
+        try:
+            odb = r.cloud.get_remote_odb(name)
+            url = r.config["remote"][name]["url"]
+            odb.fs.exists(odb.path)  # a listing call: credentials, endpoint and bucket are all exercised
+        except Exception as err:  # noqa: BLE001 (DVC, fsspec and the stores' SDKs each raise their own)
+            raise CommandError(f"DVC remote {name!r} is not reachable from {repo}: {err}. Check `dvc remote list` "
+                               f"and the remote's credentials (docs/orchestration.md, \"The shared DVC remote\").") \
+                from None
+    return f"{name} ({url})"
+
+
 def save_experiment(repo: Path, name: str, include: list[str], log: Log | None = None) -> str:
     """Record params.yaml, dvc.lock and metrics as a DVC experiment (a git ref; HEAD does not move)."""
     untracked = [p for p in include if (repo / p).exists() and not _tracked(repo, p) and not _ignored(repo, p)]

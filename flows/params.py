@@ -4,6 +4,11 @@
 input per params key (with its documentation) and rejects a typo or a wrong type when the run is
 created; the merged result is then validated as a whole by `srppo.config.validate`, cross-field
 checks included, before any stage starts.
+
+A key left empty is not set: the UI's form sends `null` for every field of a section it opened, so
+null never overrides anything (a key that should be null goes in a preset file). The form's JSON
+schema has no `null` branches either: with `anyOf: [..., {type: null}]` the server's refusal of a bad
+value was one line about the whole `overrides` dict; without them it names the key and the bound.
 """
 
 from __future__ import annotations
@@ -15,9 +20,38 @@ from typing import Annotated, Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from srppo.config import Params, apply_preset, deep_merge, dump_params, validate
+from srppo.config import ConfigError, Params, apply_preset, deep_merge, dump_params, validate
 
 HEADER = "# Written by the srppo Prefect flow: preset={preset}, overrides={overrides}\n"
+
+
+def _without_null(schema: dict) -> None:
+    """An optional field's schema without the `anyOf: [X, null]` around it, in place.
+
+    Prefect's server allows null again for a typed field without a default, so an empty field still
+    validates; a keyword that would refuse null (`enum`, `const`) gets it added. A union of several
+    types, or a nested model that is not an override section, keeps its `anyOf`.
+    """
+    branches = [b for b in schema.get("anyOf", []) if b != {"type": "null"}]
+    # (pydantic names a nested model's reference `...PPOConfigOverride-Input__1` while it builds the schema)
+    unwrap = len(branches) == 1 and ("type" in branches[0] or "ConfigOverride" in branches[0].get("$ref", ""))
+    if unwrap:
+        del schema["anyOf"]
+        schema.update({k: v for k, v in branches[0].items() if k not in schema})
+        if "const" in schema:
+            schema["enum"] = [schema.pop("const")]
+        if "enum" in schema and None not in schema["enum"]:
+            schema["enum"] = [*schema["enum"], None]
+    if schema.get("default", 0) is None:
+        del schema["default"]
+
+
+def _form_schema(schema: dict) -> None:
+    # A section may be null (the form sends that for a closed one) without an `anyOf` around it, so the
+    # server's error for a bad value inside points at that value; `properties` only apply to an object.
+    schema["type"] = ["object", "null"]
+    for prop in schema.get("properties", {}).values():
+        _without_null(prop)
 
 
 def _partial(model: type[BaseModel]) -> type[BaseModel]:
@@ -30,19 +64,45 @@ def _partial(model: type[BaseModel]) -> type[BaseModel]:
             ann = Annotated[(ann, *info.metadata)]
         fields[name] = (Optional[ann], Field(None, description=info.description))  # noqa: UP045 (runtime type)
     doc = f"Overrides for `{model.__name__}`: only the keys you set are applied."
-    return create_model(f"{model.__name__}Override", __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+    config = ConfigDict(extra="forbid", json_schema_extra=_form_schema)
+    return create_model(f"{model.__name__}Override", __config__=config, __doc__=doc, **fields)
 
 
 Overrides = _partial(Params)
 
 
+def _set_keys(value: Any) -> Any:
+    """A nested dict without its null leaves and the sections they leave empty."""
+    if not isinstance(value, dict):
+        return value
+    kept = {k: _set_keys(v) for k, v in value.items() if v is not None}
+    return {k: v for k, v in kept.items() if v != {}}
+
+
+def _null_keys(value: Any, prefix: str = "") -> list[str]:
+    if not isinstance(value, dict):
+        return []
+    return [k for key, v in value.items()
+            for k in ([prefix + key] if v is None else _null_keys(v, f"{prefix}{key}."))]
+
+
+def unset_nulls(overrides: dict, where: str) -> dict:
+    """`overrides` as given on a command line, refusing a null: there it cannot mean "not set"."""
+    nulls = _null_keys(overrides)
+    if nulls:
+        raise ConfigError(f"{where} {', '.join(f'{k}=null' for k in nulls)}: a null override means \"not set\" "
+                          "(an empty field of the run form); to make a key null, write it in a preset file "
+                          "and pass --preset FILE.yaml")
+    return overrides
+
+
 def as_dict(overrides: BaseModel | dict | None) -> dict:
-    """The keys actually set (an explicit null is kept: `base.gguf_package: null` is meaningful)."""
+    """The keys actually set: a null (an empty field of the UI's form) means "not set"."""
     if overrides is None:
         return {}
-    if isinstance(overrides, BaseModel):
-        return overrides.model_dump(mode="json", exclude_unset=True)
-    return Overrides.model_validate(overrides).model_dump(mode="json", exclude_unset=True)
+    if not isinstance(overrides, BaseModel):
+        overrides = Overrides.model_validate(overrides)
+    return _set_keys(overrides.model_dump(mode="json", exclude_unset=True))
 
 
 def preset_path(repo: Path, preset: str) -> Path:

@@ -20,16 +20,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from flows import dvcops, lineage
 from flows.dvcgraph import Stage, load_graph, merge_lock, pullable_inputs, read_lock
-from flows.params import Overrides, as_dict, resolve
+from flows.params import Overrides, as_dict, resolve, unset_nulls
 from flows.params import write as write_params
+from srppo.config import ConfigError, parse_override_items
 
 GPU_LIMIT = "gpu"  # global concurrency limit every stage run holds one slot of
 # Only I/O retries: remotes flake, while a failing stage fails the same way twice. DVC is the cache,
@@ -42,9 +43,16 @@ def pull_inputs(repo: Path, stage: str, paths: list[str], remote: str | None) ->
     dvcops.pull(repo, paths, remote, get_run_logger().info)
 
 
+# The task run's state name tells, in the UI's task list, whether DVC computed the stage.
+STATE_NAMES = {"ran": "Completed", "restored": "Restored", "skipped": "Skipped"}
+STATE_MESSAGES = {"ran": "computed", "restored": "outputs restored from DVC's run cache",
+                  "skipped": "unchanged: DVC skipped it"}
+
+
 @task(task_run_name="stage-{stage}", tags=[GPU_LIMIT], cache_policy=NO_CACHE)
-def run_stage(repo: Path, stage: str) -> str:
-    """'ran', 'restored' or 'skipped'. Holds a `gpu` slot only while DVC decides and the stage computes."""
+def run_stage(repo: Path, stage: str) -> State:
+    """'ran', 'restored' or 'skipped' as a Completed state of that name. Holds a `gpu` slot only while
+    DVC decides and the stage computes."""
     log = get_run_logger()
     asked = time.perf_counter()
     # A training stage outlives a lease renewal hiccup; losing the slot record must not kill it.
@@ -53,7 +61,7 @@ def run_stage(repo: Path, stage: str) -> str:
         status = dvcops.repro(repo, stage, log.info)
     log.info(f"stage {stage}: {status} in {time.perf_counter() - start:.1f}s "
              f"(waited {start - asked:.1f}s for a gpu slot)")
-    return status
+    return Completed(name=STATE_NAMES[status], message=STATE_MESSAGES[status], data=status)
 
 
 @task(task_run_name="push-{stage}", **IO_RETRIES)
@@ -61,10 +69,15 @@ def push_outputs(repo: Path, stage: str, remote: str | None) -> None:
     dvcops.push(repo, stage, remote, get_run_logger().info)
 
 
-def publish_lineage(repo: Path, graph: dict[str, Stage], statuses: dict[str, str], run: dict) -> dict:
-    """lineage.json and the artifacts, from the flow itself: a few file reads, not worth a task run."""
+def _lineage(repo: Path, graph: dict[str, Stage], statuses: dict[str, str], run: dict) -> dict:
     record = lineage.build(repo, graph, statuses, run)
     record["dvc_lock"] = read_lock(repo)  # what another clone adopts to continue from here (--upstream)
+    return record
+
+
+def publish_lineage(repo: Path, graph: dict[str, Stage], statuses: dict[str, str], run: dict) -> dict:
+    """lineage.json and the artifacts, from the flow itself: a few file reads, not worth a task run."""
+    record = _lineage(repo, graph, statuses, run)
     lineage.write(repo, record)
     lineage.publish(record)
     return record
@@ -115,7 +128,7 @@ def _recorded(graph: dict[str, Stage]) -> list[str]:
 @flow(name="srppo-pipeline", log_prints=True)
 def pipeline(
     preset: str | None = None,
-    overrides: Overrides | None = None,
+    overrides: Overrides = None,  # no `| None`: the form's schema then has no null branch (flows/params.py)
     stages: list[str] | None = None,
     upstream: dict[str, dict] | None = None,
     remote: str | None = None,
@@ -127,6 +140,7 @@ def pipeline(
     Args:
         preset: 'default', a preset from configs/ ('smoke', 'paper-mistral7b') or a YAML path; empty keeps params.yaml.
         overrides: params keys laid over the preset, e.g. {"ppo": {"kl_coef": 0.5}}; validated by srppo.config.
+            A key left empty (null) is not set.
         stages: run only these (in graph order); empty runs all.
         upstream: dvc.lock entries produced on another clone (its lineage.json "dvc_lock") to continue from.
         remote: DVC remote name; empty uses the repository's default remote (none: no pull/push).
@@ -136,54 +150,51 @@ def pipeline(
     root = Path(repo).resolve()
     graph = load_graph(root)
     chosen = select(graph, stages)
-    run = _prepare(root, graph, preset, as_dict(overrides), upstream)
-    use_remote = dvcops.has_remote(root, remote)
-    if not use_remote:
-        print("no DVC remote configured: outputs stay in this clone's cache (see docs/orchestration.md)")
+    run, use_remote = _prepare(root, graph, preset, as_dict(overrides), upstream, remote, record)
     statuses: dict[str, str] = {}
-    result: dict = {}
-    for name in chosen:
-        inputs = pullable_inputs(graph, name)
-        if use_remote and inputs:
-            pull_inputs(root, name, inputs, remote)
-        statuses[name] = run_stage(root, name)
-        if use_remote and _outputs_present(root, graph[name]):
-            push_outputs(root, name, remote)
+    try:
+        for name in chosen:
+            inputs = pullable_inputs(graph, name)
+            if use_remote and inputs:
+                pull_inputs(root, name, inputs, remote)
+            statuses[name] = run_stage(root, name).result()
+            if use_remote and _outputs_present(root, graph[name]):
+                push_outputs(root, name, remote)
+            lineage.write(root, _lineage(root, graph, statuses, run))  # a file: what is done so far, on disk
+        if record and run["git_commit"]:
+            run["experiment"] = f"srppo-{run['flow_run']}"
+            run["experiment_rev"] = dvcops.save_experiment(root, run["experiment"], _recorded(graph), print)
+        elif record:
+            print("no git commit to build on: the run's params are in lineage.json only, not in a DVC experiment")
+    finally:  # once per run, also a failed one: the run page shows two artifacts, not two per stage
         result = publish_lineage(root, graph, statuses, run)
-    if record and run["git_commit"]:
-        run["experiment"] = f"srppo-{run['flow_run']}"
-        run["experiment_rev"] = dvcops.save_experiment(root, run["experiment"], _recorded(graph), print)
-        result = publish_lineage(root, graph, statuses, run)
-    elif record:
-        print("no git commit to build on: the run's params are in lineage.json only, not in a DVC experiment")
     print(f"stages: {json.dumps(statuses)}")
     return result
 
 
-def _prepare(root: Path, graph: dict[str, Stage], preset: str | None, over: dict, upstream: dict | None) -> dict:
-    """Everything before the first stage: params, adopted lock entries, the gpu limit; returns the run record."""
+def _prepare(root: Path, graph: dict[str, Stage], preset: str | None, over: dict, upstream: dict | None,
+             remote: str | None, record: bool) -> tuple[dict, bool]:
+    """Everything before the first stage: the preconditions, params, adopted lock entries, the gpu limit.
+
+    Returns the run record and whether a DVC remote is in use. Every check that can fail runs before
+    anything is written, so a refused run costs seconds and changes nothing.
+    """
     params = resolve(root, preset, over)  # a bad key fails here, naming it, before any stage runs
+    commit, dirty = dvcops.git_commit(root)
+    if record and commit:
+        dvcops.check_git_identity(root)  # the experiment commit needs one: fail now, not after the stages
+    use_remote = dvcops.has_remote(root, remote)
+    if use_remote:
+        print(f"DVC remote: {dvcops.check_remote(root, remote)}")
+    else:
+        print("no DVC remote configured: outputs stay in this clone's cache (see docs/orchestration.md)")
     if write_params(root, params, preset, over):
         print(f"params.yaml written from preset={preset or 'params.yaml'} with overrides {json.dumps(over)}")
     if upstream:  # results computed elsewhere: DVC skips the stages they cover, pulling only inputs
         merge_lock(root, {name: entry for name, entry in upstream.items() if name in graph})
     ensure_gpu_limit()
-    commit, dirty = dvcops.git_commit(root)
-    return {"flow_run": flow_run.name, "flow_run_id": flow_run.id, "git_commit": commit, "git_dirty": dirty,
-            "preset": preset, "overrides": over, "experiment": None}
-
-
-def _overrides(pairs: list[str]) -> dict:
-    """`--set a.b=VALUE` pairs as a nested dict; VALUE is YAML (0.5, true, null, [x, y])."""
-    out: dict = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
+    return ({"flow_run": flow_run.name, "flow_run_id": flow_run.id, "git_commit": commit, "git_dirty": dirty,
+             "preset": preset, "overrides": over, "experiment": None}, use_remote)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,7 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repo", default=".")
     a = ap.parse_args(argv)
     upstream = json.loads(a.upstream.read_text())["dvc_lock"] if a.upstream else None
-    pipeline(preset=a.preset, overrides=_overrides(a.overrides), stages=a.stages, upstream=upstream,
+    try:
+        overrides = unset_nulls(parse_override_items(a.overrides), "--set")
+    except ConfigError as err:
+        ap.error(str(err))
+    pipeline(preset=a.preset, overrides=overrides, stages=a.stages, upstream=upstream,
              remote=a.remote, record=a.record, repo=a.repo)
 
 

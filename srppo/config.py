@@ -469,8 +469,13 @@ def parse_overrides(text: str) -> dict:
     The comparison grid passes its per-cell settings this way (SRPPO_SET in the stage command), which
     keeps them in the command DVC hashes while every cell shares one params.yaml.
     """
+    return parse_override_items(re.split(r"\s+(?=[A-Za-z_][\w.]*=)", text.strip()) if text.strip() else [])
+
+
+def parse_override_items(items: list[str]) -> dict:
+    """['runtime.seed=1', 'ppo.kl_coef=0.5'] -> nested dict; values are YAML (the CLI's --set pairs)."""
     out: dict = {}
-    for item in re.split(r"\s+(?=[A-Za-z_][\w.]*=)", text.strip()) if text.strip() else []:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
             raise ConfigError(f"override {item!r}: expected key.path=value")

@@ -15,7 +15,7 @@ from srppo.compare import collect, collect_filter, filter_markdown, markdown, su
 from srppo.io import write_json, write_text_atomic
 
 HEADER = ("# Comparison grid\n\nScores in %, mean ± std over seeds (the testbed's exact checkers; lm-eval tasks and "
-          "the AlpacaEval-style judge when configured). Regenerate: `dvc repro comparison/dvc.yaml`.\n\n")
+          "the AlpacaEval-style judge when configured). Regenerate: `dvc repro base && cd comparison && dvc repro`.\n\n")
 
 
 def main(metrics_dir: str, out_dir: str, grid_yaml: str | None = None) -> None:

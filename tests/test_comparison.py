@@ -1,4 +1,4 @@
-"""The comparison grid (comparison/dvc.yaml) end to end on a tiny model: every method, one seed.
+"""The comparison grid (comparison/, a DVC project of its own) end to end on a tiny model: every method, one seed.
 
 Real DVC, real stage processes: SFT once, then SFT (extended), SPIN, a Bradley-Terry reward model, PPO
 with it, SRPPO, the data filter and the evaluation; the `table` stage writes the paper-style table, the
@@ -13,8 +13,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ROOT
-from test_pipeline import make_repo, run, stages_run
+from test_pipeline import make_repo, run
 
 pytestmark = pytest.mark.slow
 METHODS = ["SFT", "SFT (extended)", "SPIN", "PPO w/ RM", "**SRPPO**"]
@@ -24,21 +23,26 @@ METHODS = ["SFT", "SFT (extended)", "SPIN", "PPO w/ RM", "**SRPPO**"]
 def grid_repo(tmp_path_factory, tiny_dir):
     repo = make_repo(tmp_path_factory.mktemp("grid"), tiny_dir)
     # the pipeline definition only: not the committed results of the embedded run
-    shutil.copytree(ROOT / "comparison", repo / "comparison",
-                    ignore=shutil.ignore_patterns("data", "metrics", "plots", "*.lock"))
+    for kept in ("metrics", "plots", "results"):
+        shutil.rmtree(repo / "comparison" / kept)
     grid = {"overlaps": ["minimum"], "seeds": [1], "sft_extended_epochs": 0.5}
     (repo / "comparison" / "grid.yaml").write_text(yaml.safe_dump(grid))
     return repo
 
 
+def repro_grid(grid_repo) -> str:
+    return run(["dvc", "repro"], grid_repo / "comparison")
+
+
 def test_one_command_gives_the_table_plot_and_metrics_for_every_method(grid_repo):
-    out = run(["dvc", "repro", "comparison/dvc.yaml"], grid_repo)
-    ran = set(re.findall(r"Running stage 'comparison/dvc.yaml:([\w@-]+)'", out))
+    run(["dvc", "repro", "base"], grid_repo)  # p_PT comes from the main pipeline
+    out = repro_grid(grid_repo)
+    ran = set(re.findall(r"Running stage '([\w@-]+)'", out))
     for stage in ("sft_extended", "spin", "reward_model", "rm_ppo", "srppo", "eval"):
         assert f"{stage}@minimum-1" in ran, (stage, sorted(ran))
     assert "SRPPO_SET" in out and "reward.source=model" in out
 
-    results = grid_repo / "docs" / "results" / "comparison"
+    results = grid_repo / "comparison" / "results"
     table = (results / "table.md").read_text()
     assert "### minimum overlap (1 seed: [1])" in table
     rows = {line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| ")}
@@ -66,16 +70,16 @@ def test_one_command_gives_the_table_plot_and_metrics_for_every_method(grid_repo
 
 
 def test_noop_then_metrics_diff_between_two_runs(grid_repo):
-    assert stages_run(run(["dvc", "repro", "comparison/dvc.yaml"], grid_repo)) == set()
+    assert "Running stage" not in repro_grid(grid_repo)
     run(["git", "add", "-A"], grid_repo)
     run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "grid"], grid_repo)
     # a second run: the table without the data-filter evaluation (the cells stay cached)
-    summary = grid_repo / "docs/results/comparison/summary.json"
+    summary = grid_repo / "comparison/results/summary.json"
     (grid_repo / "comparison/metrics/minimum/filter_eval.json").unlink()
-    run(["python", "stages/compare.py", "comparison/metrics", "docs/results/comparison"], grid_repo)
-    diff = json.loads(subprocess.run(["dvc", "metrics", "diff", "--json"], cwd=grid_repo, capture_output=True,
-                                     text=True, check=True).stdout)
-    changed = diff[str(summary.relative_to(grid_repo))]
+    run(["python", "stages/compare.py", "comparison/metrics", "comparison/results"], grid_repo)
+    diff = json.loads(subprocess.run(["dvc", "metrics", "diff", "--json"], cwd=grid_repo / "comparison",
+                                     capture_output=True, text=True, check=True).stdout)
+    changed = diff["results/summary.json"]
     old = json.loads(subprocess.run(["git", "show", f"HEAD:{summary.relative_to(grid_repo)}"], cwd=grid_repo,
                                     capture_output=True, text=True, check=True).stdout)
     before = old["data_filter"]["minimum"]["sft_filtered"]["Average"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_flows_support import moto_s3, run, s3_client
+from test_flows_support import AWS, moto_s3, run, s3_client
 
 from flows.storecheck import repair_store, verify_store
 
@@ -206,10 +206,6 @@ def test_a_corrupt_object_on_the_remote_is_found_and_pushed_again(tmp_path):
     dvc(["push", "-q"], repo)
     assert verify_store(remote / "files/md5").ok
     assert_clone_reproduces(repo, files, tmp_path / "fresh")
-
-
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-       "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
 
 
 def s3_contents(endpoint: str) -> dict[str, bytes]:

@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))  # `flows` is a top-level package of the checkout,
 
 from srppo.config import apply_preset, deep_merge, dump_params, validate
 
-PROJECT = ("srppo", "stages", "configs", "flows", "dvc.yaml")
 STAGES = ["base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"]
 
 
@@ -40,23 +39,40 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 600
     return res.stdout + res.stderr
 
 
-def make_repo(path: Path, tiny_dir: Path) -> Path:
-    """A git + DVC repository holding the project, params = smoke preset on the tiny model, committed."""
-    path.mkdir(parents=True)
-    for item in PROJECT:
-        src = ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, path / item)
-    smoke = apply_preset(ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
-    (path / "params.yaml").write_text(dump_params(validate(deep_merge(smoke, tiny_overrides(tiny_dir)))))
-    (path / ".gitignore").write_text("__pycache__/\n")
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
-                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.autostage", "false"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "project"]):
+def checkout_files() -> list[str]:
+    """The checkout's files as a clone would hold them: tracked ones, plus new ones git does not ignore."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    return [p for p in listed.split("\0") if p and (ROOT / p).is_file()]
+
+
+def full_clone(path: Path) -> Path:
+    """A `git clone` of the project, as a user makes one, with this checkout's uncommitted edits laid over it
+    (so the tests exercise the code under test, not only the last commit); committed with a git identity."""
+    run(["git", "clone", "-q", str(ROOT), str(path)], ROOT)
+    for rel in checkout_files():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, path / rel)
+    for cmd in (["git", "config", "user.email", "ci@example.com"], ["git", "config", "user.name", "ci"],
+                ["dvc", "config", "core.autostage", "false"], ["git", "add", "-A"]):
         run(cmd, path)
+    subprocess.run(["git", "commit", "-qm", "the checkout under test"], cwd=path, check=False)  # may be clean
+    return path
+
+
+def tiny_smoke_params(tiny_dir: Path) -> dict:
+    """The smoke preset on the tiny model, as a whole params dict."""
+    smoke = apply_preset(ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
+    return validate(deep_merge(smoke, tiny_overrides(tiny_dir))).model_dump(mode="json")
+
+
+def make_repo(path: Path, tiny_dir: Path) -> Path:
+    """A full clone of the project whose params.yaml is the smoke preset on the tiny model, committed.
+
+    The clone keeps the repository's default DVC remote (`sibling-dir`, a directory beside the clone)."""
+    full_clone(path)
+    (path / "params.yaml").write_text(dump_params(validate(tiny_smoke_params(tiny_dir))))
+    run(["git", "commit", "-qam", "smoke preset on the tiny model"], path)
     return path
 
 
@@ -149,6 +165,17 @@ def moto_s3(log: Path):
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     with background(cmd, dict(os.environ), log.parent, log, f"http://127.0.0.1:{port}/moto-api/"):
         yield f"http://127.0.0.1:{port}"
+
+
+# moto takes any credentials; these keep boto3 away from the user's own files.
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+       "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+
+
+def add_s3_remote(repo: Path, endpoint: str, name: str = "shared") -> None:
+    """The S3 bucket `srppo` at `endpoint` as this clone's default remote, as docs/orchestration.md says."""
+    run(["dvc", "remote", "add", "--local", "-d", name, "s3://srppo/dvc"], repo)
+    run(["dvc", "remote", "modify", "--local", name, "endpointurl", endpoint], repo)
 
 
 def s3_client(endpoint: str):

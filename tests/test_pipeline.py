@@ -6,7 +6,6 @@ code path as a hub id), so this runs in about a minute on two cores.
 
 import json
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -29,17 +28,16 @@ def stages_run(output: str) -> set[str]:
 
 
 def make_repo(repo, base_dir, override: dict | None = None):
-    """A fresh git+DVC repo holding the pipeline, with the smoke preset on `base_dir` as p_PT."""
-    for item in ("srppo", "stages", "configs", "dvc.yaml"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / item)
+    """A full clone of the project (test_flows_support.full_clone) with the smoke preset on `base_dir` as
+    p_PT, and `override` laid over it, committed."""
+    from test_flows_support import full_clone
+
+    full_clone(repo)
     base = {"base": {"name_or_path": str(base_dir), "gguf_package": None, "gguf_file": None}}
     preset = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     params = apply_preset_dict(deep_merge(deep_merge(preset, base), override or {}))
     (repo / "params.yaml").write_text(dump_params(params))
-    run(["git", "init", "-q"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["dvc", "config", "core.autostage", "false"], repo)
+    run(["git", "commit", "-qam", "smoke preset"], repo)
     return repo
 
 

@@ -8,11 +8,9 @@ recompute what A produced.
 import sys
 
 import pytest
-from test_flows_support import STAGES, clone, lineage, lock, make_repo, moto_s3, prefect_env, run, statuses
+from test_flows_support import AWS, STAGES, clone, lineage, lock, make_repo, moto_s3, prefect_env, run, statuses
 
 pytestmark = pytest.mark.slow
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-       "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
 
 
 def s3_objects(endpoint: str) -> list[str]:
