@@ -5,10 +5,9 @@ input per params key (with its documentation) and rejects a typo or a wrong type
 created; the merged result is then validated as a whole by `srppo.config.validate`, cross-field
 checks included, before any stage starts.
 
-A key left empty is not set: the UI's form sends `null` for every field of a section it opened, so
-null never overrides anything (a key that should be null goes in a preset file). The form's JSON
-schema has no `null` branches either: with `anyOf: [..., {type: null}]` the server's refusal of a bad
-value was one line about the whole `overrides` dict; without them it names the key and the bound.
+A key left empty is not set: the UI's form sends `null` for every field left empty, so null never
+overrides anything (a key that should be null goes in a preset file). `_form_field` shapes the JSON
+schema so that both Prefect UIs render every section open and a refusal names the key and its bound.
 """
 
 from __future__ import annotations
@@ -25,33 +24,35 @@ from srppo.config import ConfigError, Params, apply_preset, deep_merge, dump_par
 HEADER = "# Written by the srppo Prefect flow: preset={preset}, overrides={overrides}\n"
 
 
-def _without_null(schema: dict) -> None:
-    """An optional field's schema without the `anyOf: [X, null]` around it, in place.
+# JSON-schema keywords that bound a value: the server's refusal names them when no `anyOf` hides them
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern")
 
-    Prefect's server allows null again for a typed field without a default, so an empty field still
-    validates; a keyword that would refuse null (`enum`, `const`) gets it added. A union of several
-    types, or a nested model that is not an override section, keeps its `anyOf`.
+
+def _form_field(schema: dict) -> None:
+    """One field of the run form, in place: how Prefect's two UIs render it and what they send.
+
+    - A section (a nested override model) loses its `anyOf: [model, null]`: the UI shows it open, and a
+      bad value inside is reported at that value, not as "the section is not valid under any schema".
+    - A bounded value loses it too (Prefect's server allows null again for a typed field without a
+      default), so the refusal of 2.0 for `clip_eps` names the field and "the maximum of 1".
+    - Anything else keeps `anyOf: [..., null]` with `default: null`: the UI then shows it unset and sends
+      null (without the null branch, UI v1 sends `false` for every boolean and fills nested defaults).
     """
     branches = [b for b in schema.get("anyOf", []) if b != {"type": "null"}]
+    if len(branches) != 1:
+        return
+    (only,) = branches
     # (pydantic names a nested model's reference `...PPOConfigOverride-Input__1` while it builds the schema)
-    unwrap = len(branches) == 1 and ("type" in branches[0] or "ConfigOverride" in branches[0].get("$ref", ""))
-    if unwrap:
+    section = "ConfigOverride" in only.get("$ref", "")
+    if section or any(k in only for k in BOUNDS):
         del schema["anyOf"]
-        schema.update({k: v for k, v in branches[0].items() if k not in schema})
-        if "const" in schema:
-            schema["enum"] = [schema.pop("const")]
-        if "enum" in schema and None not in schema["enum"]:
-            schema["enum"] = [*schema["enum"], None]
-    if schema.get("default", 0) is None:
-        del schema["default"]
+        schema.pop("default", None)
+        schema.update({k: v for k, v in only.items() if k not in schema})
 
 
 def _form_schema(schema: dict) -> None:
-    # A section may be null (the form sends that for a closed one) without an `anyOf` around it, so the
-    # server's error for a bad value inside points at that value; `properties` only apply to an object.
-    schema["type"] = ["object", "null"]
     for prop in schema.get("properties", {}).values():
-        _without_null(prop)
+        _form_field(prop)
 
 
 def _partial(model: type[BaseModel]) -> type[BaseModel]:

@@ -90,17 +90,17 @@ def test_empty_form_fields_are_not_set():
 
 
 def ui_form_parameters(schema: dict, preset: str, filled: dict) -> dict:
-    """The parameters the UI's custom-run form sends when the overrides section is opened and only `filled`
-    is typed in: null for every section left closed and for every empty field of an opened one."""
+    """The parameters the UI's custom-run form sends when only `filled` is typed in (as test_ui_browser.py
+    sees both UIs send them): every section open, null for every field left empty, the other parameters at
+    their form defaults."""
     defs = schema["definitions"]
 
-    def section(ref: dict) -> dict:
-        return defs[ref["$ref"].split("/")[-1]]["properties"]
+    def form(prop: dict, typed: dict) -> dict:  # a section shows open, each of its fields nested alike
+        fields = defs[prop["$ref"].split("/")[-1]]["properties"]
+        return {k: form(f, typed.get(k, {})) if "$ref" in f else typed.get(k) for k, f in fields.items()}
 
-    top = section(schema["properties"]["overrides"])
-    overrides = {name: ({key: filled[name].get(key) for key in section(top[name])} if name in filled else None)
-                 for name in top}
-    return {"preset": preset, "overrides": overrides}
+    return {"stages": None, "upstream": None, "remote": None, "record": True, "repo": ".", "preset": preset,
+            "overrides": form(schema["properties"]["overrides"], filled)}
 
 
 def _wait_final(client, flow_run_id, timeout: float = 300):

@@ -154,7 +154,9 @@ def prefect_server(home: Path, log: Path):
     """
     port = free_port()
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with background(cmd, prefect_env(home), home.parent, log) as proc:
+    # `--port` does not reach the UI's own settings: without this the UI served on `port` calls :4200.
+    env = prefect_env(home, PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
+    with background(cmd, env, home.parent, log) as proc:
         yield f"http://127.0.0.1:{port}/api", lambda: wait_ready(proc, f"http://127.0.0.1:{port}/api/health", log)
 
 
