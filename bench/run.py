@@ -84,7 +84,7 @@ def dvc_noop(quick: bool) -> dict:
 
 
 def stage_times() -> dict:
-    """Each stage's own seconds from the last full `dvc repro` here (metrics/*.json, bench/stage_times.py)."""
+    """Each stage's own seconds from the last full `dvc repro` here (reports/*.json, bench/stage_times.py)."""
     times = {}
     for stage, path in SOURCES.items():
         p = ROOT / path
@@ -188,7 +188,7 @@ def table(res: dict, d: dict, cmd: str) -> list[str]:
         (f"PPO peak RSS, LoRA (gae; rank {LORA_RANK} on every linear layer, one shared base)", gb(d["rss_lora"]),
          "≤ 3 GB", verdict(None if d["rss_lora"] is None else d["rss_lora"] <= TARGETS["rss_lora"]),
          res["ppo_gae_lora"]["command"]),
-        ("full `dvc repro`, embedded default (sum of the stages' own seconds, last full run, metrics/*.json)",
+        ("full `dvc repro`, embedded default (sum of the stages' own seconds, last full run, reports/*.json)",
          f"{d['repro_s']:.0f} s = {d['repro_s'] / 60:.1f} min", "≤ 20 min",
          verdict(d["repro_s"] <= TARGETS["repro_s"] if d["repro_s"] else None), "python bench/stage_times.py"),
         ("no-op `dvc repro` (fresh copy of HEAD, smoke preset, after a full run; median of 3)",
@@ -197,7 +197,7 @@ def table(res: dict, d: dict, cmd: str) -> list[str]:
     ]
     out = ["| measure | value | target | | regenerate |", "|---|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {v} | `{e}` |" for a, b, c, v, e in rows]
-    out += ["", "Full `dvc repro` per stage (s, each stage's own work, from metrics/*.json): "
+    out += ["", "Full `dvc repro` per stage (s, each stage's own work, from reports/*.json): "
             + ", ".join(f"{k} {v:.0f}" for k, v in st.items() if v is not None) + "."]
     b = res["bf16"]
     speed = b["fp32_s"] / b["bf16_s"]

@@ -1,6 +1,6 @@
 """Wall time of each pipeline stage from the last `dvc repro`, as a markdown table.
 
-    python bench/stage_times.py            # reads metrics/*.json
+    python bench/stage_times.py            # reads reports/*.json
 """
 
 import json
@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 
 SOURCES = {
-    "base": "metrics/base.json",
-    "prepare": "metrics/prepare.json",
-    "sft": "metrics/sft.json",
-    "calibrate": "metrics/calibrate.json",
-    "rollouts": "metrics/rollouts.json",
-    "ppo": "metrics/ppo.json",
-    "eval": "metrics/eval.json",
+    "base": "reports/base.json",
+    "prepare": "reports/prepare.json",
+    "sft": "reports/sft.json",
+    "calibrate": "reports/calibrate.json",
+    "rollouts": "reports/rollouts.json",
+    "ppo": "reports/ppo.json",
+    "eval": "reports/eval.json",
 }
 
 

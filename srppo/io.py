@@ -99,8 +99,3 @@ def atomic_dir(path: str | Path):
         shutil.rmtree(path)
     os.replace(tmp, path)
 
-
-def write_csv(path: str | Path, rows: list[dict]) -> None:
-    import pandas as pd
-
-    write_text_atomic(path, pd.DataFrame(rows).to_csv(index=False))

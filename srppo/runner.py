@@ -1,4 +1,4 @@
-"""What every pipeline step shares: validated params, runtime setup, timing, progress, metrics."""
+"""What every pipeline step shares: validated params, runtime setup, timing, progress, metrics and reports."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from srppo.config import ConfigError, Params, load_params
+from srppo.io import write_json
 
 
 OVERRIDES_ENV = "SRPPO_SET"
@@ -51,6 +52,14 @@ class Timer:
 
     def report(self) -> dict:
         return {"seconds": {**self.phases, "total": round(time.perf_counter() - self._t0, 2)}}
+
+
+def write_results(metrics_path: str | Path, report_path: str | Path, summary: dict, report: dict,
+                  timer: Timer) -> None:
+    """A stage's two result files: `summary`, the few numbers a person compares across runs, to
+    `metrics_path`; the whole `report` (breakdowns, paths, distributions) and the timings to `report_path`."""
+    write_json(metrics_path, summary)
+    write_json(report_path, {**report, **timer.report()})
 
 
 def progress(total: int, desc: str, unit: str = "it"):

@@ -85,8 +85,10 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
               on_step: Callable[[dict], None] | None = None, ckpt=None, ds_config: dict | None = None) -> list[dict]:
     """`ckpt` (a srppo.checkpoint.Checkpointer) resumes from / saves at optimizer-step boundaries.
 
-    With several processes each global micro-batch is split across ranks and the reported loss is
-    the global token mean, so the curve matches a single-process run (srppo.distributed).
+    `on_step(row)` sees every optimizer step's row once and in order, as the step ends; a resumed run
+    hands it the restored rows first. With several processes each global micro-batch is split across
+    ranks and the reported loss is the global token mean, so the curve matches a single-process run
+    (srppo.distributed).
     """
     device = next(model.parameters()).device
     stepper = Stepper(model, cfg.lr, cfg.weight_decay, cfg.max_grad_norm, ds_config, cfg.grad_accum)
@@ -99,6 +101,8 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
     saved = ckpt.restore({"model": model}, {"opt": stepper.optimizer}) if ckpt else None
     if saved:
         history, tokens, start = saved["history"], saved["tokens"], saved["next_micro"]
+        for row in history if on_step else []:  # the restored steps first, so on_step sees every step
+            on_step(row)
     for i in range(start, len(batches)):
         epoch, idx = batches[i]
         loss, global_loss, n_tokens = _micro_batch_loss(model, tok, encoded, i, idx, device)

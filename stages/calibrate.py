@@ -1,6 +1,7 @@
 """Stage `calibrate`: measure the reward (coherent, or a reward model's) and write the normalisation PPO uses.
 
-usage: python stages/calibrate.py BASE_DIR SFT_DIR CALIBRATION_JSONL PROMPTS_JSONL NORM_JSON METRICS_JSON PLOT_PNG
+usage: python stages/calibrate.py BASE_DIR SFT_DIR CALIBRATION_JSONL PROMPTS_JSONL NORM_JSON METRICS_JSON REPORT_JSON
+       PLOT_PNG
 """
 
 import sys
@@ -12,7 +13,7 @@ from srppo.io import write_json
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.roles import (demo_generations, frozen, prompt_ids, reward_model_or_none, rollout_engine,
                          sampling_params)
-from srppo.runner import Timer, load, log, progress
+from srppo.runner import Timer, load, log, progress, write_results
 
 
 def _sample(engine, prompts, sampling, bar):
@@ -21,7 +22,13 @@ def _sample(engine, prompts, sampling, bar):
     return gens
 
 
-def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, plot_path) -> None:
+def summary(report: dict) -> dict:
+    """A handful of numbers for `dvc exp show`; the distributions and the normaliser stay in the report."""
+    return {"reward_mean": {k: report[k]["mean"] for k in ("demonstrations", "sft_samples", "pt_samples")},
+            **{k: report[k] for k in ("auc_demo_vs_pt", "auc_sft_vs_pt", "length_corr_sft_samples")}}
+
+
+def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, report_path, plot_path) -> None:
     params = load()
     cfg, rcfg = params.calibrate, params.rollouts
     device, dtype = setup_runtime(params.runtime)
@@ -52,7 +59,7 @@ def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, p
     write_json(norm_path, norm.to_dict())
     plots.reward_histogram({"demonstrations": demo_r.tolist(), "p_SFT samples": sft_r.tolist(),
                             "p_PT samples": pt_r.tolist()}, plot_path, f"{params.reward.source.capitalize()} reward before PPO")
-    write_json(metrics_path, {**report, **timer.report()})
+    write_results(metrics_path, report_path, summary(report), report, timer)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Stage `eval`: the models (pretrained, SFT, SRPPO; baselines in the comparison grid) on the eval sets.
 
-usage: python stages/eval.py EVAL_JSONL OUT_DIR METRICS_JSON NAME=MODEL_DIR [NAME=MODEL_DIR ...]
-`eval.models` picks which of the named models are evaluated, in its order.
+usage: python stages/eval.py EVAL_JSONL OUT_DIR METRICS_JSON REPORT_JSON NAME=MODEL_DIR [NAME=MODEL_DIR ...]
+`eval.models` picks which of the named models are evaluated, in its order. METRICS_JSON holds each model's
+headline scores (and its lm-eval and judge scores when configured); REPORT_JSON adds EOS rate, counts and the
+per-family breakdown.
 """
 
 import sys
@@ -10,12 +12,14 @@ from pathlib import Path
 from srppo import plots
 from srppo.data.records import read_jsonl, write_jsonl
 from srppo.evaluate import HEADLINE, generate_responses, markdown_table, score_items, summarise
-from srppo.io import write_json, write_text_atomic
+from srppo.io import write_text_atomic
 from srppo.judge import judge_outputs, load_instructions
 from srppo.lmeval import benchmark_table, ensure_punkt_tab, run_benchmarks
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.roles import frozen, prompt_ids, rollout_engine
-from srppo.runner import Timer, load, log, progress
+from srppo.runner import Timer, load, log, progress, write_results
+
+SUMMARY = ("strict_acc", "loose_acc", "in_domain_strict", "out_domain_strict", "arithmetic_em", "mean_tokens")
 
 
 def judged_win_rate(cfg, engine, tok, items: list[dict], seed: int) -> dict:
@@ -32,7 +36,17 @@ def model_paths(pairs: list[str], wanted: list[str]) -> dict[str, str]:
     return {name: given[name] for name in wanted}
 
 
-def main(eval_path, out_dir, metrics_path, *pairs) -> None:
+def summary(result: dict) -> dict:
+    """One model's numbers for `dvc exp show` (srppo/compare.py reads the same keys from the grid's cells)."""
+    out = {k: result[k] for k in SUMMARY}
+    if "benchmarks" in result:
+        out["benchmarks"] = result["benchmarks"]
+    if "alpaca_eval" in result:
+        out["alpaca_eval"] = {k: result["alpaca_eval"][k] for k in ("win_rate", "lc_win_rate")}
+    return out
+
+
+def main(eval_path, out_dir, metrics_path, report_path, *pairs) -> None:
     params = load()
     cfg = params.eval
     paths = model_paths(list(pairs), cfg.models)
@@ -78,8 +92,7 @@ def main(eval_path, out_dir, metrics_path, *pairs) -> None:
     plots.grouped_bars(results, [k for k in HEADLINE if k[0] not in ("mean_tokens",)], out / "eval.png",
                        "Evaluation on the verifiable instruction testbed")
     print(table)
-    write_json(metrics_path, {**{m: {k: v for k, v in r.items() if k != "families"} for m, r in results.items()},
-                              **timer.report()})
+    write_results(metrics_path, report_path, {m: summary(r) for m, r in results.items()}, results, timer)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage `filter` (comparison grid): keep the demonstrations the coherent reward ranks highest (§5),
 and draw a random subset of the same size to compare against.
 
-usage: python stages/filter_demos.py BASE_DIR SFT_DIR DEMOS_JSONL OUT_DIR METRICS_JSON
+usage: python stages/filter_demos.py BASE_DIR SFT_DIR DEMOS_JSONL OUT_DIR METRICS_JSON REPORT_JSON
 Writes OUT_DIR/top.jsonl, OUT_DIR/random.jsonl and OUT_DIR/scores.jsonl (every demo with its reward).
 """
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 from srppo.data.records import read_jsonl, write_jsonl
 from srppo.datafilter import demo_rewards, filter_report, split_by_reward
-from srppo.io import atomic_dir, write_json
+from srppo.io import atomic_dir
 from srppo.models import load_tokenizer, setup_runtime
 from srppo.roles import frozen
-from srppo.runner import Timer, load, log
+from srppo.runner import Timer, load, log, write_results
 
 
-def main(base_dir, sft_dir, demos_path, out_dir, metrics_path) -> None:
+def main(base_dir, sft_dir, demos_path, out_dir, metrics_path, report_path) -> None:
     params = load()
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("filter")
@@ -34,7 +34,8 @@ def main(base_dir, sft_dir, demos_path, out_dir, metrics_path) -> None:
         write_jsonl(Path(tmp) / "random.jsonl", rand)
         write_jsonl(Path(tmp) / "scores.jsonl", [{"id": d["id"], "family": d.get("family"), "reward": float(r)}
                                                   for d, r in zip(demos, rewards)])
-    write_json(metrics_path, {**report, **timer.report()})
+    summary = {k: report[k] for k in ("demos", "kept", "reward_mean_all", "reward_mean_kept")}
+    write_results(metrics_path, report_path, summary, report, timer)  # threshold and families: the report
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Stage `ppo`: Self-Rewarding PPO from p_SFT (Algorithm 2 with the coherent reward; with
 `reward.source: model` the RM-PPO baseline).
 
-usage: python stages/ppo.py BASE_DIR SFT_DIR PROMPTS_JSONL NORM_JSON ROLLOUTS_DIR OUT_DIR METRICS_JSON CURVES_CSV
+usage: python stages/ppo.py BASE_DIR SFT_DIR PROMPTS_JSONL NORM_JSON ROLLOUTS_DIR OUT_DIR METRICS_JSON REPORT_JSON
+       LIVE_DIR
+Each critic warm-up buffer (under `warmup/`) and each PPO iteration goes to the DVCLive directory LIVE_DIR as
+it ends, numbered on one step counter; the panels of LIVE_DIR/curves.png are drawn at the end.
 """
 
 import sys
@@ -10,30 +13,38 @@ from pathlib import Path
 from srppo import distributed, plots
 from srppo.checkpoint import stage_checkpointer
 from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir, read_json, write_csv, write_json
+from srppo.io import atomic_dir, read_json
 from srppo.lora import adapter_summary
 from srppo.models import context_length, load_tokenizer, save_pretrained, setup_runtime
 from srppo.ppo.trainer import PPOTrainer, length_guard_tripped, prompt_stream
 from srppo.rewards import RewardNormalizer
 from srppo.roles import ppo_roles, prompt_ids, rollout_engine, sampling_params
 from srppo.rollout.buffer import read_buffers
-from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config
+from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config, write_results
+
+from live_curves import live_curves
 
 CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_loss", "policy_loss",
           "clip_frac", "entropy", "approx_kl"]
 
 
-def warm_up(trainer, buffers, history: list[dict], save) -> None:
+def log_row(log_step, row: dict) -> None:
+    """One history row to DVCLive: warm-up rows under `warmup/`, so that their curves stay apart."""
+    log_step(row["step"], row, "warmup/" if row["phase"] == "warmup" else "")
+
+
+def warm_up(trainer, buffers, history: list[dict], save, log_step) -> None:
     if trainer.critic_free:  # grpo / rloo / reinforce_pp never read V(s): nothing to warm up
         return
     done = sum(h["phase"] == "warmup" for h in history)  # > 0 when resumed
     for i, scored in enumerate(buffers[done:], start=done):
         history.append({"step": i + 1, "phase": "warmup", **trainer.warmup_critic(scored)})
+        log_row(log_step, history[-1])
         log("ppo", f"warm-up {i + 1}: value_loss {history[-1]['value_loss']:.4f}")
         save()
 
 
-def ppo_iterations(trainer, stream, cfg, history: list[dict], save, bar) -> tuple[list[dict], str | None]:
+def ppo_iterations(trainer, stream, cfg, history: list[dict], save, bar, log_step) -> tuple[list[dict], str | None]:
     ppo_rows = [h for h in history if h["phase"] == "ppo"]  # non-empty when resumed
     bar.update(len(ppo_rows))
     for it in range(len(ppo_rows), cfg.iterations):
@@ -41,6 +52,7 @@ def ppo_iterations(trainer, stream, cfg, history: list[dict], save, bar) -> tupl
         row = {"step": len(history) + 1, "phase": "ppo", "episode": episode, **trainer.iteration(batch)}
         history.append(row)
         ppo_rows.append(row)
+        log_row(log_step, row)
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward_raw']:.2f}", kl=f"{row['kl']:.3f}", len=f"{row['response_length']:.0f}")
         if length_guard_tripped(ppo_rows, cfg.length_guard):
@@ -58,7 +70,15 @@ def engine_report(engine: str, ppo_rows: list[dict]) -> dict:
             "engine_logprob_gap_max": max(gaps) if gaps else None}
 
 
-def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metrics_path, curves_csv) -> None:
+def summary(report: dict) -> dict:
+    """The numbers `dvc exp show` compares across runs; the rest of the report stays in REPORT_JSON."""
+    keys = ("iterations", "reward_raw_first", "reward_raw_last", "kl_last", "response_length_first",
+            "response_length_last", "eos_rate_last", "reward_source")
+    return {k: report[k] for k in keys}
+
+
+def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metrics_path, report_path,
+         live_dir) -> None:
     params = load()
     cfg, rcfg = params.ppo, params.rollouts
     distributed.relaunch_if_needed(params.runtime, __file__, sys.argv[1:])
@@ -97,11 +117,14 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
                            prompts_path)  # checks the size now
     # one counter over warm-up buffers and PPO iterations: the history length is the loop position
     save = lambda: ckpt.maybe_save(len(history), modules, optims, lambda: {"history": history})
-    with timer.phase(f"critic warm-up on {cfg.critic_warmup_buffers} buffers"):
-        warm_up(trainer, read_buffers(Path(rollouts_dir), cfg.critic_warmup_buffers, tok.pad_token_id, device),
-                history, save)
-    with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
-        ppo_rows, stopped = ppo_iterations(trainer, stream, cfg, history, save, bar)
+    with live_curves(live_dir, distributed.is_main()) as log_step:
+        for row in history:  # a resumed run's restored rows first: the curves start at step 1
+            log_row(log_step, row)
+        with timer.phase(f"critic warm-up on {cfg.critic_warmup_buffers} buffers"):
+            warm_up(trainer, read_buffers(Path(rollouts_dir), cfg.critic_warmup_buffers, tok.pad_token_id, device),
+                    history, save, log_step)
+        with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
+            ppo_rows, stopped = ppo_iterations(trainer, stream, cfg, history, save, bar, log_step)
     with timer.phase("save actor"), distributed.gathered(roles.actor), distributed.main_first() as main_rank:
         if main_rank:
             with atomic_dir(out_dir) as tmp:
@@ -109,17 +132,18 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     engine.close()
     if not distributed.is_main():
         return
-    write_csv(curves_csv, history)
-    plots.curves(ppo_rows, CURVES, Path(curves_csv).with_suffix(".png"), "SRPPO training")
+    plots.curves(ppo_rows, CURVES, Path(live_dir) / "curves.png", "SRPPO training")
     first, last = ppo_rows[0], ppo_rows[-1]
-    write_json(metrics_path, {
+    report = {
         "iterations": len(ppo_rows), "stopped_early": stopped,
+        "reward_source": "coherent" if coherent else "reward model",
         "reward_raw_first": first["reward_raw"], "reward_raw_last": last["reward_raw"],
         "kl_last": last["kl"], "response_length_first": first["response_length"],
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
         "processes": distributed.world_size(), **engine_report(rcfg.engine, ppo_rows),
-        "lora": adapter_summary(sft_dir) if params.lora.enabled else None, **timer.report()})
+        "lora": adapter_summary(sft_dir) if params.lora.enabled else None}
+    write_results(metrics_path, report_path, summary(report), report, timer)
     ckpt.clear()
 
 

@@ -1,6 +1,6 @@
 """Stage `prepare`: demonstrations, PPO prompts, calibration and eval sets as JSONL.
 
-usage: python stages/prepare.py OUT_DIR METRICS_JSON
+usage: python stages/prepare.py OUT_DIR METRICS_JSON REPORT_JSON
 """
 
 import sys
@@ -8,11 +8,10 @@ from pathlib import Path
 
 from srppo.data.prepare import SPLITS, describe, prepare
 from srppo.data.records import write_jsonl
-from srppo.io import write_json
-from srppo.runner import Timer, load, log
+from srppo.runner import Timer, load, log, write_results
 
 
-def main(out_dir: str, metrics_path: str) -> None:
+def main(out_dir: str, metrics_path: str, report_path: str) -> None:
     params = load()
     timer = Timer("prepare")
     with timer.phase(f"build ({params.prepare.source}, overlap={params.prepare.overlap})"):
@@ -22,7 +21,8 @@ def main(out_dir: str, metrics_path: str) -> None:
     stats = describe(splits)
     for name in SPLITS:
         log("prepare", f"{name}: {stats[name]['rows']} rows, {len(stats[name]['families'])} families")
-    write_json(metrics_path, {**stats, **timer.report()})
+    # rows per split in the metrics; families and domains in the report
+    write_results(metrics_path, report_path, {"rows": {name: stats[name]["rows"] for name in SPLITS}}, stats, timer)
 
 
 if __name__ == "__main__":

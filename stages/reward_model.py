@@ -4,23 +4,28 @@ p_SFT answers every demonstration prompt `reward_model.samples_per_prompt` times
 the answers (and the demonstration), or, with `reward_model.preferences: demonstrations` (real data
 without checkers), the demonstration is preferred to each sample. A model initialised from p_SFT
 learns the ranking. A tenth of the prompts is held out to report how often it agrees with the labels.
-usage: python stages/reward_model.py SFT_DIR DEMOS_JSONL OUT_DIR METRICS_JSON CURVES_CSV
+usage: python stages/reward_model.py SFT_DIR DEMOS_JSONL OUT_DIR METRICS_JSON REPORT_JSON LIVE_DIR
+Each training step goes to the DVCLive directory LIVE_DIR as it ends; the panels of LIVE_DIR/curves.png are
+drawn at the end.
 """
 
+import itertools
 import random
 import sys
 from pathlib import Path
 
 from srppo import plots
 from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir, write_csv, write_json
+from srppo.io import atomic_dir
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.reward_model import (load_reward_model, pair_accuracy, preference_pairs, save_reward_model,
                                 train_reward_model)
 from srppo.roles import frozen, prompt_ids, rollout_engine
 from srppo.rollout.engine import SamplingParams
-from srppo.runner import Timer, load, log, progress
+from srppo.runner import Timer, load, log, progress, write_results
 from srppo.sft import demos_within_max_len
+
+from live_curves import live_curves
 
 
 def sample_answers(params, tok, sft_dir, prompts, device, dtype, bar) -> list[list]:
@@ -35,7 +40,7 @@ def sample_answers(params, tok, sft_dir, prompts, device, dtype, bar) -> list[li
     return [gens[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
-def main(sft_dir, demos_path, out_dir, metrics_path, curves_csv) -> None:
+def main(sft_dir, demos_path, out_dir, metrics_path, report_path, live_dir) -> None:
     params = load()
     cfg, seed = params.reward_model, params.runtime.seed
     device, dtype = setup_runtime(params.runtime)
@@ -62,11 +67,13 @@ def main(sft_dir, demos_path, out_dir, metrics_path, curves_csv) -> None:
     log("reward_model", f"{len(train)} training pairs, {len(test)} held-out pairs")
     model = load_reward_model(sft_dir, device, dtype, trainable=True)
     before = pair_accuracy(model, tok, test, cfg.batch_size, device)
-    with timer.phase(f"train on {len(train)} pairs"), \
+    steps = itertools.count(1)  # the rows' `step`, as train_reward_model numbers them
+    with timer.phase(f"train on {len(train)} pairs"), live_curves(live_dir) as log_step, \
             progress(-(-len(train) // cfg.batch_size) * cfg.epochs, "reward model", "step") as bar:
         def on_step(row):
             bar.update(1)
             bar.set_postfix(loss=f"{row['rm_loss']:.3f}", acc=f"{row['rm_accuracy']:.2f}")
+            log_step(next(steps), row)
         history = train_reward_model(model, tok, train, cfg, seed, on_step)
     after = pair_accuracy(model, tok, test, cfg.batch_size, device)
     log("reward_model", f"held-out pair accuracy {before} -> {after}")
@@ -74,10 +81,9 @@ def main(sft_dir, demos_path, out_dir, metrics_path, curves_csv) -> None:
             "heldout_accuracy": after, "final_loss": history[-1]["rm_loss"]}
     with timer.phase("save"), atomic_dir(out_dir) as tmp:
         save_reward_model(model, tok, tmp, info)
-    write_csv(curves_csv, history)
-    plots.curves(history, ["rm_loss", "rm_accuracy", "rm_margin"], Path(curves_csv).with_suffix(".png"),
+    plots.curves(history, ["rm_loss", "rm_accuracy", "rm_margin"], Path(live_dir) / "curves.png",
                  "Reward model (Bradley-Terry)")
-    write_json(metrics_path, {**info, **timer.report()})
+    write_results(metrics_path, report_path, info, info, timer)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,22 @@
 """Stage `rollouts`: sample p_SFT on PPO prompts, score them (coherent reward or reward model), save parquet buffers.
 
 These buffers are the critic warm-up data and a browsable record of what p_SFT does before PPO.
-usage: python stages/rollouts.py BASE_DIR SFT_DIR PROMPTS_JSONL OUT_DIR METRICS_JSON
+usage: python stages/rollouts.py BASE_DIR SFT_DIR PROMPTS_JSONL OUT_DIR METRICS_JSON REPORT_JSON
 """
 
 import random
 import sys
 
 from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir, write_json
+from srppo.io import atomic_dir
 from srppo.models import context_length, load_tokenizer, setup_runtime
 from srppo.ppo.experience import score
 from srppo.roles import frozen, prompt_ids, reward_model_or_none, rollout_engine, sampling_params
 from srppo.rollout.buffer import buffer_path, to_frame
-from srppo.runner import Timer, load, log, progress
+from srppo.runner import Timer, load, log, progress, write_results
 
 
-def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
+def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path, report_path) -> None:
     params = load()
     cfg = params.rollouts
     device, dtype = setup_runtime(params.runtime)
@@ -45,7 +45,9 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path) -> None:
             log("rollouts", f"buffer {b}: reward {summary[-1]['reward_mean']:.2f}, "
                 f"length {summary[-1]['length_mean']:.1f}")
     engine.close()
-    write_json(metrics_path, {"buffers": summary, "engine": cfg.engine, **timer.report()})
+    mean = lambda key: sum(b[key] for b in summary) / len(summary)  # buffers are of equal size
+    write_results(metrics_path, report_path, {k: mean(k) for k in ("reward_mean", "length_mean", "eos_rate")},
+                  {"buffers": summary, "engine": cfg.engine}, timer)
 
 
 if __name__ == "__main__":

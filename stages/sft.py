@@ -1,6 +1,8 @@
 """Stage `sft`: fine-tune p_PT on the demonstrations -> p_SFT.
 
-usage: python stages/sft.py BASE_DIR DEMOS_JSONL OUT_DIR METRICS_JSON LOSS_CSV
+usage: python stages/sft.py BASE_DIR DEMOS_JSONL OUT_DIR METRICS_JSON REPORT_JSON LIVE_DIR
+Each optimizer step (loss, lr, grad_norm) goes to the DVCLive directory LIVE_DIR as it ends; the panels of
+LIVE_DIR/curves.png are drawn at the end.
 """
 
 import sys
@@ -9,13 +11,15 @@ from pathlib import Path
 from srppo import distributed, lora, plots
 from srppo.checkpoint import stage_checkpointer
 from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir, write_csv, write_json
+from srppo.io import atomic_dir
 from srppo.models import context_length, load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
-from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config
+from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config, write_results
 from srppo.sft import check_max_len, encode_demos, micro_batches, train_sft
 
+from live_curves import live_curves
 
-def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_csv: str) -> None:
+
+def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, report_path: str, live_dir: str) -> None:
     params = load()
     cfg = params.sft
     distributed.relaunch_if_needed(params.runtime, __file__, sys.argv[1:])
@@ -35,10 +39,12 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
                               lambda msg: log("sft", msg))
     n_micro = sum(1 for _ in micro_batches(len(encoded), cfg.batch_size, cfg.epochs, params.runtime.seed))
     with timer.phase(f"train {len(encoded)} demos x {cfg.epochs} epochs"), \
-            progress(-(-n_micro // cfg.grad_accum), "sft", "step") as bar:
+            progress(-(-n_micro // cfg.grad_accum), "sft", "step") as bar, \
+            live_curves(live_dir, distributed.is_main()) as log_step:
         def on_step(row):
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
+            log_step(row["step"], row)
         history = train_sft(model, tok, encoded, cfg, params.runtime.seed, on_step, ckpt, ds_config)
     with timer.phase("save"), distributed.gathered(model), distributed.main_first() as main_rank:
         if main_rank:
@@ -49,13 +55,12 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, loss_c
                     save_pretrained(model, tok, tmp)
     if not distributed.is_main():
         return
-    write_csv(loss_csv, history)
-    plots.curves(history, ["loss", "lr", "grad_norm"], Path(loss_csv).with_suffix(".png"), "SFT")
+    plots.curves(history, ["loss", "lr", "grad_norm"], Path(live_dir) / "curves.png", "SFT")
+    summary = {"first_loss": history[0]["loss"], "final_loss": history[-1]["loss"], "steps": len(history)}
     tokens = history[-1]["tokens"]
-    write_json(metrics_path, {"final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
-                              "steps": len(history), "tokens": tokens, "processes": distributed.world_size(),
-                              "tokens_per_s": round(tokens / timer.phases[next(iter(timer.phases))], 1),
-                              **timer.report()})
+    write_results(metrics_path, report_path, summary, {
+        **summary, "tokens": tokens, "processes": distributed.world_size(),
+        "tokens_per_s": round(tokens / timer.phases[next(iter(timer.phases))], 1)}, timer)
     ckpt.clear()
 
 

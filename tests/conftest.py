@@ -7,6 +7,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def live_rows(live_dir: Path) -> list[dict]:
+    """A stage's DVCLive directory read back as its history: one row {"step": n, metric: value} per step.
+
+    PPO's critic warm-up series (`warmup/<metric>.tsv`) have steps of their own and keep their plain names.
+    """
+    import csv
+
+    rows: dict[int, dict] = {}
+    for tsv in sorted((Path(live_dir) / "plots" / "metrics").rglob("*.tsv")):
+        with open(tsv, newline="") as f:
+            for rec in csv.DictReader(f, delimiter="\t"):
+                step = int(rec["step"])
+                rows.setdefault(step, {"step": step})[tsv.stem] = float(rec[tsv.stem])
+    return [rows[step] for step in sorted(rows)]
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     from tiny import build_tiny_lm

@@ -15,7 +15,7 @@ import torch
 from srppo.config import PPOConfig
 from srppo.data.chat import encode_prompt
 from srppo.data.records import DataError, read_jsonl, write_jsonl
-from srppo.io import atomic_dir, write_csv, write_json
+from srppo.io import atomic_dir, write_json
 from srppo.models import (ModelError, check_tokenizer, context_length, load_causal_lm, load_tokenizer,
                           load_value_model)
 from srppo.ppo.experience import score
@@ -130,7 +130,6 @@ def full_disk(fd):
 FILE_WRITERS = {
     "write_json": lambda path: write_json(path, {"new": 1}),
     "write_jsonl": lambda path: write_jsonl(path, [{"id": "r1"}, {"id": "r2"}]),
-    "write_csv": lambda path: write_csv(path, [{"step": 1, "loss": 0.5}]),
 }
 
 

@@ -69,6 +69,8 @@ def test_interrupted_sft_resumes_bitwise(tmp_path, tiny_dir):
             raise Kill
     with pytest.raises(Kill):
         train(ckpt, die_at_3)
-    got, model_b = train(ckpt)  # resumes from step 2
+    seen = []
+    got, model_b = train(ckpt, seen.append)  # resumes from step 2
     assert got == want
+    assert seen == want  # on_step saw the restored steps too, in order: the stage's live curves are whole
     assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))

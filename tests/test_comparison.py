@@ -23,8 +23,8 @@ METHODS = ["SFT", "SFT (extended)", "SPIN", "PPO w/ RM", "**SRPPO**"]
 def grid_repo(tmp_path_factory, tiny_dir):
     repo = make_repo(tmp_path_factory.mktemp("grid"), tiny_dir)
     # the pipeline definition only: not the committed results of the embedded run
-    for kept in ("metrics", "plots", "results"):
-        shutil.rmtree(repo / "comparison" / kept)
+    for kept in ("metrics", "reports", "dvclive", "results"):
+        shutil.rmtree(repo / "comparison" / kept, ignore_errors=True)
     grid = {"overlaps": ["minimum"], "seeds": [1], "sft_extended_epochs": 0.5}
     (repo / "comparison" / "grid.yaml").write_text(yaml.safe_dump(grid))
     return repo

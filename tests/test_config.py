@@ -64,7 +64,7 @@ def test_dump_round_trips():
 
 def test_stage_fails_before_work_on_a_bad_param(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ppo": {"kl_coef": -1}}))
-    res = subprocess.run([sys.executable, str(ROOT / "stages" / "prepare.py"), "out", "m.json"],
+    res = subprocess.run([sys.executable, str(ROOT / "stages" / "prepare.py"), "out", "m.json", "r.json"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 2
     assert "ppo.kl_coef" in res.stderr and "greater than or equal to 0" in res.stderr

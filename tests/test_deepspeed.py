@@ -5,7 +5,6 @@ The real `sft` and `ppo` stage commands run in a DVC pipeline repo on the tiny m
 reason in pytest's summary, where DeepSpeed cannot be imported.
 """
 
-import csv
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import live_rows
 from safetensors.torch import load_file
 
 
@@ -54,9 +54,8 @@ def set_params(repo, override: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def curve(path, keys: list[str]) -> list[dict]:
-    with open(path) as f:
-        return [{k: float(row[k]) for k in keys if row.get(k) not in (None, "")} for row in csv.DictReader(f)]
+def curve(live_dir, keys: list[str]) -> list[dict]:
+    return [{k: row[k] for k in keys if k in row} for row in live_rows(live_dir)]
 
 
 def run_stage(repo, name: str, cmd: list[str], outputs: list[str]) -> None:
@@ -78,14 +77,14 @@ def assert_close(runs: dict[str, list[dict]], rel: float) -> None:
 
 def test_sft_curves_match_single_process(repo):
     for name in RUNS:
-        run_stage(repo, name, SFT, ["sft", "sft.json", "sft_loss.csv"])
-    runs = {name: curve(repo / "out" / name / "sft_loss.csv", ["loss", "grad_norm"]) for name in RUNS}
+        run_stage(repo, name, SFT, ["sft", "sft.json", "sft_report.json", "sft_live"])
+    runs = {name: curve(repo / "out" / name / "sft_live", ["loss", "grad_norm"]) for name in RUNS}
     assert len(runs["single"]) == 4
     assert_close(runs, rel=1e-3)
     reference = load_file(repo / "out" / "single" / "sft" / "model.safetensors")
     for name in RUNS:
-        metrics = json.loads((repo / "out" / name / "sft.json").read_text())
-        assert metrics["processes"] == RUNS[name]["runtime"]["num_processes"]
+        report = json.loads((repo / "out" / name / "sft_report.json").read_text())
+        assert report["processes"] == RUNS[name]["runtime"]["num_processes"]
         saved = load_file(repo / "out" / name / "sft" / "model.safetensors")  # ZeRO-3: gathered, full shapes
         assert saved.keys() == reference.keys()
         for key, tensor in reference.items():
@@ -95,8 +94,8 @@ def test_sft_curves_match_single_process(repo):
 
 def test_ppo_curves_match_single_process(repo):
     for name in RUNS:
-        run_stage(repo, name, PPO, ["ppo", "ppo.json", "ppo_curves.csv"])
+        run_stage(repo, name, PPO, ["ppo", "ppo.json", "ppo_report.json", "ppo_live"])
     keys = ["reward_raw", "kl", "policy_loss", "value_loss", "response_length", "clip_frac"]
-    runs = {name: curve(repo / "out" / name / "ppo_curves.csv", keys) for name in RUNS}
+    runs = {name: curve(repo / "out" / name / "ppo_live", keys) for name in RUNS}
     assert len(runs["single"]) == 3  # 1 warm-up buffer + 2 PPO iterations
     assert_close(runs, rel=1e-3)

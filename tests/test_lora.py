@@ -99,17 +99,17 @@ def test_sft_and_ppo_stages_train_adapters_over_one_base(tmp_path, tiny_dir):
                                          "sft": {"epochs": 2, "lr": 1e-3, "checkpoint_every": 0},
                                          "ppo": {"iterations": 2, "actor_lr": 1e-3, "checkpoint_every": 0}})
     run(["python", "stages/sft.py", "data/base", "data/prepared/demos.jsonl", "data/sft", "metrics/sft.json",
-         "plots/sft_loss.csv"], repo)
+         "reports/sft.json", "dvclive/sft"], repo)
     assert (repo / "data/sft" / ADAPTER_DIR / "adapter_config.json").exists()
     write_json(repo / "data/calibrate/reward_norm.json", RewardNormalizer().to_dict())
     run(["python", "stages/rollouts.py", "data/base", "data/sft", "data/prepared/ppo_prompts.jsonl",
-         "data/rollouts", "metrics/rollouts.json"], repo)
+         "data/rollouts", "metrics/rollouts.json", "reports/rollouts.json"], repo)
     log = run(["python", "stages/ppo.py", "data/base", "data/sft", "data/prepared/ppo_prompts.jsonl",
                "data/calibrate/reward_norm.json", "data/rollouts", "data/ppo", "metrics/ppo.json",
-               "plots/ppo_curves.csv"], repo)
+               "reports/ppo.json", "dvclive/ppo"], repo)
     assert "LoRA views on one base" in log
-    metrics = json.loads((repo / "metrics/ppo.json").read_text())
-    assert metrics["iterations"] == 2 and metrics["lora"]["r"] == 4
-    assert metrics["engine_logprob_gap_max"] < 1e-4  # the sampling log-probs are the adapter actor's
+    report = json.loads((repo / "reports/ppo.json").read_text())
+    assert report["iterations"] == 2 and report["lora"]["r"] == 4
+    assert report["engine_logprob_gap_max"] < 1e-4  # the sampling log-probs are the adapter actor's
     fingerprints = [param_fingerprint(load_causal_lm(repo / d, CPU, F32)) for d in ("data/base", "data/sft", "data/ppo")]
     assert len(set(fingerprints)) == 3  # SFT moved p_PT, PPO moved p_SFT

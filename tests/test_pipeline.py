@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, live_rows
 from srppo.config import apply_preset, deep_merge, dump_params
 
 pytestmark = pytest.mark.slow
@@ -49,6 +49,36 @@ def apply_preset_dict(raw: dict):
     return apply_preset(f.name)
 
 
+def assert_metrics_are_few_and_reports_hold_the_rest(repo) -> None:
+    """`dvc exp show` gets the few numbers compared across runs; timings, paths and breakdowns are reports."""
+    exp = json.loads(run(["dvc", "exp", "show", "--json"], repo))[0]["data"]["metrics"]
+    columns = [(f, k) for f, m in exp.items() for k in flatten(m["data"])]
+    assert len(columns) <= 45, columns
+    assert not [c for c in columns if c[1].startswith("seconds") or c[1] == "source"], columns
+    for stage in ("base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"):
+        assert json.loads((repo / "reports" / f"{stage}.json").read_text())["seconds"]["total"] > 0
+
+
+def flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        yield from flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+
+
+def assert_curves_through_dvclive(repo, sft_steps: int) -> None:
+    """One DVCLive row per SFT step and per PPO warm-up buffer / iteration, and one plot per curve family."""
+    assert [r["step"] for r in live_rows(repo / "dvclive" / "sft")] == list(range(1, sft_steps + 1))
+    ppo = live_rows(repo / "dvclive" / "ppo")
+    assert [r["step"] for r in ppo] == [1, 2, 3]  # 1 warm-up buffer, 2 iterations
+    assert (repo / "dvclive/ppo/plots/metrics/warmup/value_loss.tsv").exists()  # warm-up rows stay apart
+    assert not (repo / "dvclive/ppo/plots/metrics/warmup/policy_loss.tsv").exists()
+    assert not list(repo.glob("dvclive/**/dvc.yaml"))  # DVCLive never declares anything itself
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo))["data"]
+    declared = [next(iter(p)) for p in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]]
+    assert list(shown) == declared and all(len(v) == 1 for v in shown.values())  # each family once
+    value_loss = shown["ppo_value_loss"][0]["content"]["data"]["values"]
+    assert {v["filename"] for v in value_loss} == {"warmup/value_loss.tsv", "value_loss.tsv"}
+
+
 def test_full_repro_then_noop_then_only_ppo_and_eval(reproduced_smoke, tmp_path):
     from test_flows_support import copy_repo
 
@@ -56,13 +86,15 @@ def test_full_repro_then_noop_then_only_ppo_and_eval(reproduced_smoke, tmp_path)
     assert stages_run(first) == {"base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"}
     assert (repo / "data" / "ppo" / "model.safetensors").exists()
     metrics = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert set(metrics) >= {"pretrained", "sft", "srppo"}
+    assert set(metrics) == {"pretrained", "sft", "srppo"}  # the timings are in reports/eval.json
     assert (repo / "data" / "eval" / "table.md").read_text().startswith("| Model |")
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert ppo["iterations"] == 2
-    assert "normalizer" in json.loads((repo / "metrics" / "calibrate.json").read_text())
-    for plot in ("sft_loss.png", "ppo_curves.png", "calibrate_rewards.png"):
-        assert (repo / "plots" / plot).stat().st_size > 1000
+    assert "normalizer" in json.loads((repo / "reports" / "calibrate.json").read_text())
+    for png in ("dvclive/sft/curves.png", "dvclive/ppo/curves.png", "plots/calibrate_rewards.png"):
+        assert (repo / png).stat().st_size > 1000
+    assert_metrics_are_few_and_reports_hold_the_rest(repo)
+    assert_curves_through_dvclive(repo, json.loads((repo / "metrics" / "sft.json").read_text())["steps"])
 
     second = run(["dvc", "repro"], repo)
     assert stages_run(second) == set()

@@ -6,7 +6,6 @@ preempted node would) right after its first checkpoint, then a plain rerun. On C
 the resumed run is bitwise identical: same weights file, same loss/reward curves (timings aside).
 """
 
-import csv
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, live_rows
 from srppo.config import deep_merge, dump_params, validate
 from srppo.data.records import write_jsonl
 from srppo.io import write_json
@@ -63,11 +62,10 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def curve(path: Path) -> list[dict]:
-    """The CSV curve without wall-clock columns, which no two runs share."""
-    with open(path) as f:
-        return [{k: v for k, v in row.items() if not k.startswith("time_") and k != "tokens_per_s"}
-                for row in csv.DictReader(f)]
+def curve(live_dir: Path) -> list[dict]:
+    """The curves DVCLive wrote, without the wall-clock ones, which no two runs share."""
+    return [{k: v for k, v in row.items() if not k.startswith("time_") and k != "tokens_per_s"}
+            for row in live_rows(live_dir)]
 
 
 def kill_after_first_checkpoint(repo: Path, stage: str) -> str:
@@ -106,9 +104,11 @@ def repo(tmp_path, tiny_dir):
 
 
 def result(repo: Path, stage: str, curves: str, keys: tuple[str, ...]) -> tuple:
-    """What must survive a kill: the weights file, the curve and the run's metrics (timings aside)."""
+    """What must survive a kill: the weights file, the curves, the metrics and the report (timings aside)."""
     metrics = json.loads((repo / f"metrics/{stage}.json").read_text())
-    return sha(repo / f"data/{stage}/model.safetensors"), curve(repo / curves), {k: metrics[k] for k in keys}
+    report = json.loads((repo / f"reports/{stage}.json").read_text())
+    return (sha(repo / f"data/{stage}/model.safetensors"), curve(repo / curves), metrics,
+            {k: report[k] for k in keys})
 
 
 def kill_and_resume_to_the_same_result(repo: Path, stage: str, curves: str, keys: tuple[str, ...]) -> None:
@@ -116,7 +116,7 @@ def kill_and_resume_to_the_same_result(repo: Path, stage: str, curves: str, keys
     run(["dvc", "repro", "-s", stage], repo)
     want = result(repo, stage, curves, keys)
     killed_at = kill_after_first_checkpoint(repo, stage)
-    assert_crash_left_nothing(repo, stage, [f"data/{stage}", f"metrics/{stage}.json"])
+    assert_crash_left_nothing(repo, stage, [f"data/{stage}", f"metrics/{stage}.json", f"reports/{stage}.json"])
     resume(repo, stage, killed_at, SMALL[stage]["checkpoint_every"])
     assert result(repo, stage, curves, keys) == want
 
@@ -125,7 +125,7 @@ SFT_METRICS = ("final_loss", "first_loss", "steps", "tokens")
 
 
 def test_sft_killed_resumes_to_identical_result(repo):
-    kill_and_resume_to_the_same_result(repo, "sft", "plots/sft_loss.csv", SFT_METRICS)
+    kill_and_resume_to_the_same_result(repo, "sft", "dvclive/sft", SFT_METRICS)
 
 
 def write_ppo_inputs(repo: Path, sft_dir: Path) -> None:
@@ -133,7 +133,7 @@ def write_ppo_inputs(repo: Path, sft_dir: Path) -> None:
     shutil.copytree(sft_dir, repo / "data" / "sft")
     write_json(repo / "data/calibrate/reward_norm.json", RewardNormalizer().to_dict())
     run(["python", "stages/rollouts.py", "data/base", "data/sft", "data/prepared/ppo_prompts.jsonl",
-         "data/rollouts", "metrics/rollouts.json"], repo)
+         "data/rollouts", "metrics/rollouts.json", "reports/rollouts.json"], repo)
 
 
 PPO_METRICS = ("iterations", "stopped_early", "reward_raw_first", "reward_raw_last", "kl_last",
@@ -142,7 +142,7 @@ PPO_METRICS = ("iterations", "stopped_early", "reward_raw_first", "reward_raw_la
 
 def test_ppo_killed_resumes_to_identical_result(repo, tiny_sft_dir):
     write_ppo_inputs(repo, tiny_sft_dir)
-    kill_and_resume_to_the_same_result(repo, "ppo", "plots/ppo_curves.csv", PPO_METRICS)
+    kill_and_resume_to_the_same_result(repo, "ppo", "dvclive/ppo", PPO_METRICS)
 
 
 def test_checkpoint_of_other_params_is_ignored(repo):
@@ -151,6 +151,6 @@ def test_checkpoint_of_other_params_is_ignored(repo):
     params["sft"]["lr"] = 1e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = run(["python", "stages/sft.py", "data/base", "data/prepared/demos.jsonl", "data/sft",
-               "metrics/sft.json", "plots/sft_loss.csv"], repo)
+               "metrics/sft.json", "reports/sft.json", "dvclive/sft"], repo)
     assert "ignoring checkpoint data/checkpoints/sft/latest: it was made with other params or inputs" in log
     assert "resuming" not in log

@@ -137,8 +137,8 @@ def vllm_repo(tmp_path_factory, vllm_pt):
 @pytest.mark.slow
 def test_smoke_preset_runs_with_the_vllm_engine(vllm_repo):
     repo = vllm_repo
-    assert json.loads((repo / "metrics" / "rollouts.json").read_text())["engine"] == "vllm"
-    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
+    assert json.loads((repo / "reports" / "rollouts.json").read_text())["engine"] == "vllm"
+    ppo = json.loads((repo / "reports" / "ppo.json").read_text())
     assert ppo["engine"] == "vllm" and ppo["iterations"] == 2
     assert ppo["weight_sync_seconds_mean"] > 0
     assert ppo["engine_logprob_gap_max"] < TOL
@@ -211,11 +211,11 @@ def test_two_processes_each_sample_half_the_buffer_and_match_one(vllm_repo):
         pytest.skip(NO_DEEPSPEED)
     repo = vllm_repo
     for name in ("single", "zero2x2"):
-        run_stage(repo, name, PPO, ["ppo", "ppo.json", "ppo_curves.csv"])
+        run_stage(repo, name, PPO, ["ppo", "ppo.json", "ppo_report.json", "ppo_live"])
     keys = ["reward_raw", "kl", "policy_loss", "value_loss", "response_length"]
-    single, double = (curve(repo / "out" / n / "ppo_curves.csv", keys) for n in ("single", "zero2x2"))
+    single, double = (curve(repo / "out" / n / "ppo_live", keys) for n in ("single", "zero2x2"))
     assert len(single) == len(double) == 3
     for a, b in zip(single, double):
         for key, value in a.items():
             assert b[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
-    assert json.loads((repo / "out" / "zero2x2" / "ppo.json").read_text())["processes"] == 2
+    assert json.loads((repo / "out" / "zero2x2" / "ppo_report.json").read_text())["processes"] == 2
