@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from srppo.config import PrepareConfig, VLLMOptions
-from srppo.data.chat import encode_prompt
+from srppo.config.params import PrepareConfig, VLLMOptions
+from srppo.data.batch import encode_prompt
 from srppo.data.records import read_jsonl
-from srppo.models import load_causal_lm, load_tokenizer
+from srppo.models.loading import load_causal_lm, load_tokenizer
 from srppo.rollout.engine import SamplingParams, make_engine
 
 PROMPTS_FILE = Path("data/prepared/ppo_prompts.jsonl")

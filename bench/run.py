@@ -65,7 +65,7 @@ def dvc_noop(quick: bool) -> dict:
         archive = subprocess.run(["git", "archive", "HEAD", "srppo", "stages", "configs", "dvc.yaml", "params.yaml"],
                                  cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x"], cwd=repo, input=archive, check=True)
-        for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], [PY, "-m", "srppo.presets", "configs/smoke.yaml"]):
+        for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], [PY, "-m", "srppo.config.presets", "configs/smoke.yaml"]):
             sh(*cmd)
         t = time.perf_counter()
         try:
@@ -216,7 +216,7 @@ def table(res: dict, d: dict, cmd: str) -> list[str]:
     return out
 
 
-LORA_RANK = 16  # srppo.config.LoRAConfig's default, which the lora variant uses
+LORA_RANK = 16  # srppo.config.params.LoRAConfig's default, which the lora variant uses
 
 # before/after rows: derived key, label, format
 CHANGES = [("sft_mfu", "SFT training, fraction of fp32 matmul", "{:.0%}"),

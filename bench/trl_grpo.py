@@ -28,14 +28,24 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workloads import BASE_DIR, NORM, SFT_DIR, _timed, bench_prompts, machine, n_params, ppo_setup, summarise  # noqa: E402
+from workloads import (  # noqa: E402
+    BASE_DIR,
+    NORM,
+    SFT_DIR,
+    _timed,
+    bench_prompts,
+    machine,
+    n_params,
+    ppo_setup,
+    summarise,
+)
 
 
 def coherent_reward_fn(tok, sft, pt, normalizer, max_new: int):
     """A TRL reward function: r = log p_SFT(y|x) - log p_PT(y|x), normalised as the ppo stage does."""
-    from srppo.data.chat import encode_prompt
-    from srppo.ppo.experience import score
+    from srppo.data.batch import encode_prompt
     from srppo.rollout.engine import Generation
+    from srppo.scoring.score import score
 
     def coherent_reward(prompts, completion_ids, **kwargs) -> list[float]:
         gens = [Generation(encode_prompt(tok, p), list(c), truncated=len(c) >= max_new and c[-1] != tok.eos_token_id)
@@ -63,12 +73,12 @@ def run(quick: bool) -> dict:
     import tempfile
 
     from datasets import Dataset
-    from trl import GRPOTrainer, __version__ as trl_version
+    from trl import GRPOTrainer
+    from trl import __version__ as trl_version
 
     from srppo.io import read_json
-    from srppo.models import load_tokenizer
-    from srppo.rewards import RewardNormalizer
-    from srppo.roles import frozen
+    from srppo.models.loading import frozen, load_tokenizer
+    from srppo.scoring.rewards import RewardNormalizer
 
     shape = ppo_setup(quick, "grpo")
     dev, dt = torch.device("cpu"), torch.float32

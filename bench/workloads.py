@@ -84,10 +84,10 @@ def run_matmul(quick: bool) -> dict:
 def run_sft(quick: bool) -> dict:
     """train_sft on the first demonstrations, default batch size 8; the first optimizer step
     (allocator and kernel warm-up) is timed apart and left out of the rate."""
-    from srppo.config import SFTConfig
+    from srppo.config.params import SFTConfig
     from srppo.data.records import read_jsonl
-    from srppo.models import load_causal_lm, load_tokenizer
-    from srppo.sft import encode_demos, train_sft
+    from srppo.methods.sft import encode_demos, train_sft
+    from srppo.models.loading import load_causal_lm, load_tokenizer
 
     n_demos = 16 if quick else 48  # 6 steps of 8: ~1 minute on 2 cores
     cfg = SFTConfig(epochs=1.0, checkpoint_every=0)
@@ -106,10 +106,10 @@ def run_sft(quick: bool) -> dict:
 def run_bf16(quick: bool) -> dict:
     """p_SFT's per-token log-probs of demonstrations in fp32 and in bf16 weights/activations: the gap
     (what the coherent reward and the KL term would inherit) and the forward time of each (best of 3)."""
-    from srppo.data.chat import collate, encode_prompt, encode_response
+    from srppo.data.batch import collate, encode_prompt, encode_response
     from srppo.data.records import read_jsonl
-    from srppo.logprobs import token_logprobs
-    from srppo.models import load_causal_lm, load_tokenizer
+    from srppo.models.loading import load_causal_lm, load_tokenizer
+    from srppo.models.logprobs import token_logprobs
 
     tok = load_tokenizer(SFT_DIR)
     demos = read_jsonl(DEMOS)[: 4 if quick else 16]
@@ -140,8 +140,9 @@ def run_rollout(quick: bool) -> dict:
     """bench/rollout_throughput.py's timing on the transformers engine only (vLLM lives in its own
     virtualenv: that script covers it); rounds alternate so machine load hits both alike."""
     from rollout_throughput import prompt_records, timed_generate
-    from srppo.data.chat import encode_prompt
-    from srppo.models import load_causal_lm, load_tokenizer
+
+    from srppo.data.batch import encode_prompt
+    from srppo.models.loading import load_causal_lm, load_tokenizer
     from srppo.rollout.engine import SamplingParams, make_engine
 
     n, batch, rounds, max_new = (8, 8, 1, 8) if quick else (32, 16, 2, 48)
@@ -194,9 +195,9 @@ def _timed(fn, bucket: dict, key: str):
 def fresh_adapter_dir(out: Path) -> Path:
     """An SFT output holding a fresh LoRA adapter on p_PT (the default rank), for timing and memory: an
     untrained adapter costs what a trained one does."""
-    from srppo.config import LoRAConfig
-    from srppo.lora import ADAPTER_DIR, add_adapter
-    from srppo.models import load_causal_lm
+    from srppo.config.params import LoRAConfig
+    from srppo.models.loading import load_causal_lm
+    from srppo.models.lora import ADAPTER_DIR, add_adapter
 
     add_adapter(load_causal_lm(BASE_DIR, torch.device("cpu"), torch.float32), LoRAConfig()).save_pretrained(
         out / ADAPTER_DIR)
@@ -214,13 +215,14 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
     or their LoRA views; the calibrated normaliser, the hf engine); the first iteration is a warm-up."""
     import tempfile
 
-    from srppo.config import Params, deep_merge
-    from srppo.data.chat import encode_prompt
+    from srppo.config.params import Params, deep_merge
+    from srppo.data.batch import encode_prompt
     from srppo.io import read_json
-    from srppo.models import load_tokenizer, setup_runtime
-    from srppo.ppo import trainer as tr
-    from srppo.rewards import RewardNormalizer
-    from srppo.roles import ppo_roles, recompute_activations, rollout_engine, sampling_params
+    from srppo.methods.ppo import trainer as tr
+    from srppo.methods.ppo.roles import ppo_roles, recompute_activations
+    from srppo.models.loading import load_tokenizer, setup_runtime
+    from srppo.rollout.sampling import rollout_engine, sampling_params
+    from srppo.scoring.rewards import RewardNormalizer
 
     shape = ppo_setup(quick, estimator)
     params = Params.model_validate(deep_merge({

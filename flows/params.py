@@ -1,8 +1,8 @@
 """What a run form asks for: a preset and overrides, checked by srppo's own pydantic models.
 
-`Overrides` mirrors `srppo.config.Params` with every field optional, so the Prefect UI renders one
+`Overrides` mirrors `srppo.config.params.Params` with every field optional, so the Prefect UI renders one
 input per params key (with its documentation) and rejects a typo or a wrong type when the run is
-created; the merged result is then validated as a whole by `srppo.config.validate`, cross-field
+created; the merged result is then validated as a whole by `srppo.config.params.validate`, cross-field
 checks included, before any stage starts.
 
 A key left empty is not set: the UI's form sends `null` for every field left empty, so null never
@@ -19,7 +19,14 @@ from typing import Annotated, Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from srppo.config import ConfigError, Params, apply_preset, deep_merge, dump_params, validate
+from srppo.config.params import (
+    ConfigError,
+    Params,
+    apply_preset,
+    deep_merge,
+    dump_params,
+    validate,
+)
 
 HEADER = "# Written by the srppo Prefect flow: preset={preset}, overrides={overrides}\n"
 

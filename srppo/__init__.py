@@ -1,6 +1,20 @@
 """Self-Rewarding PPO (arXiv 2510.21090): SFT, coherent reward, PPO — as a library.
 
-Kept import-light on purpose: submodules pull torch/transformers only when used.
+Layers, each importing only the ones below it (checked by import-linter, tests/test_layers.py):
+
+    evaluation   checkers, lm-eval, judge, comparison tables, plots
+    methods      sft, ppo, spin, reward-model training, data filter
+    scoring      coherent reward, frozen forwards, reward-model scorer, calibration, rollout buffers
+    rollout      sampling engines and what they sample from
+    models       loading, LoRA, log-probs
+    data         records, loaders, overlap setups, batches
+    testbed      the verifiable instruction testbed (pure standard library)
+    runtime      params loading, checkpoints, processes
+    config       params.yaml's typed models, presets
+    io           atomic files
+
+Kept import-light on purpose: submodules pull torch/transformers only when used. Nothing here knows
+about DVC or Prefect: stages/ and flows/ do.
 """
 
 __version__ = "0.1.0"

@@ -6,8 +6,8 @@ usage: python stages/base.py OUT_DIR METRICS_JSON REPORT_JSON
 import sys
 
 from srppo.io import atomic_dir
-from srppo.models import materialise_base
-from srppo.runner import Timer, load, write_results
+from srppo.models.loading import materialise_base
+from srppo.runtime.stage import Timer, load, write_results
 
 
 def main(out_dir: str, metrics_path: str, report_path: str) -> None:

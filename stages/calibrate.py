@@ -6,14 +6,19 @@ usage: python stages/calibrate.py BASE_DIR SFT_DIR CALIBRATION_JSONL PROMPTS_JSO
 
 import sys
 
-from srppo import plots
-from srppo.calibrate import calibration_report, fit_normalizer, rewards_of
 from srppo.data.records import read_jsonl
+from srppo.evaluation import plots
 from srppo.io import write_json
-from srppo.models import context_length, load_tokenizer, setup_runtime
-from srppo.roles import (demo_generations, frozen, prompt_ids, reward_model_or_none, rollout_engine,
-                         sampling_params)
-from srppo.runner import Timer, load, log, progress, write_results
+from srppo.methods.ppo.roles import reward_model_or_none
+from srppo.models.loading import context_length, frozen, load_tokenizer, setup_runtime
+from srppo.rollout.sampling import (
+    demo_generations,
+    prompt_ids,
+    rollout_engine,
+    sampling_params,
+)
+from srppo.runtime.stage import Timer, load, log, progress, write_results
+from srppo.scoring.calibrate import calibration_report, fit_normalizer, rewards_of
 
 
 def _sample(engine, prompts, sampling, bar):

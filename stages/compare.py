@@ -10,8 +10,15 @@ from pathlib import Path
 
 import yaml
 
-from srppo import plots
-from srppo.compare import collect, collect_filter, filter_markdown, markdown, summarise, summary_json
+from srppo.evaluation import plots
+from srppo.evaluation.compare import (
+    collect,
+    collect_filter,
+    filter_markdown,
+    markdown,
+    summarise,
+    summary_json,
+)
 from srppo.io import write_json, write_text_atomic
 
 HEADER = ("# Comparison grid\n\nScores in %, mean ± std over seeds (the testbed's exact checkers; lm-eval tasks and "

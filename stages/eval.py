@@ -9,15 +9,21 @@ per-family breakdown.
 import sys
 from pathlib import Path
 
-from srppo import plots
 from srppo.data.records import read_jsonl, write_jsonl
-from srppo.evaluate import HEADLINE, generate_responses, markdown_table, score_items, summarise
+from srppo.evaluation import plots
+from srppo.evaluation.judge import judge_outputs, load_instructions
+from srppo.evaluation.lmeval import benchmark_table, ensure_punkt_tab, run_benchmarks
+from srppo.evaluation.testbed_eval import (
+    HEADLINE,
+    generate_responses,
+    markdown_table,
+    score_items,
+    summarise,
+)
 from srppo.io import write_text_atomic
-from srppo.judge import judge_outputs, load_instructions
-from srppo.lmeval import benchmark_table, ensure_punkt_tab, run_benchmarks
-from srppo.models import context_length, load_tokenizer, setup_runtime
-from srppo.roles import frozen, prompt_ids, rollout_engine
-from srppo.runner import Timer, load, log, progress, write_results
+from srppo.models.loading import context_length, frozen, load_tokenizer, setup_runtime
+from srppo.rollout.sampling import prompt_ids, rollout_engine
+from srppo.runtime.stage import Timer, load, log, progress, write_results
 
 SUMMARY = ("strict_acc", "loose_acc", "in_domain_strict", "out_domain_strict", "arithmetic_em", "mean_tokens")
 
@@ -37,7 +43,7 @@ def model_paths(pairs: list[str], wanted: list[str]) -> dict[str, str]:
 
 
 def summary(result: dict) -> dict:
-    """One model's numbers for `dvc exp show` (srppo/compare.py reads the same keys from the grid's cells)."""
+    """One model's numbers for `dvc exp show` (srppo/evaluation/compare.py reads the same keys from the grid's cells)."""
     out = {k: result[k] for k in SUMMARY}
     if "benchmarks" in result:
         out["benchmarks"] = result["benchmarks"]

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 from srppo.data.records import read_jsonl, write_jsonl
-from srppo.datafilter import demo_rewards, filter_report, split_by_reward
 from srppo.io import atomic_dir
-from srppo.models import load_tokenizer, setup_runtime
-from srppo.roles import frozen
-from srppo.runner import Timer, load, log, write_results
+from srppo.methods.datafilter import demo_rewards, filter_report, split_by_reward
+from srppo.models.loading import frozen, load_tokenizer, setup_runtime
+from srppo.runtime.stage import Timer, load, log, write_results
 
 
 def main(base_dir, sft_dir, demos_path, out_dir, metrics_path, report_path) -> None:

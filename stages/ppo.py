@@ -10,19 +10,34 @@ it ends, numbered on one step counter; the panels of LIVE_DIR/curves.png are dra
 import sys
 from pathlib import Path
 
-from srppo import distributed, plots
-from srppo.checkpoint import stage_checkpointer
-from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir, read_json
-from srppo.lora import adapter_summary
-from srppo.models import context_length, load_tokenizer, save_pretrained, setup_runtime
-from srppo.ppo.trainer import PPOTrainer, length_guard_tripped, prompt_stream
-from srppo.rewards import RewardNormalizer
-from srppo.roles import ppo_roles, prompt_ids, rollout_engine, sampling_params
-from srppo.rollout.buffer import read_buffers
-from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config, write_results
-
 from live_curves import live_curves
+
+from srppo.data.records import read_jsonl
+from srppo.evaluation import plots
+from srppo.io import atomic_dir, read_json
+from srppo.methods.ppo.roles import ppo_roles
+from srppo.methods.ppo.trainer import PPOTrainer, length_guard_tripped, prompt_stream
+from srppo.models.loading import (
+    context_length,
+    load_tokenizer,
+    save_pretrained,
+    setup_runtime,
+)
+from srppo.models.lora import adapter_summary
+from srppo.rollout.sampling import prompt_ids, rollout_engine, sampling_params
+from srppo.runtime import distributed
+from srppo.runtime.checkpoint import stage_checkpointer
+from srppo.runtime.stage import (
+    Timer,
+    checkpoint_interval,
+    load,
+    log,
+    progress,
+    training_config,
+    write_results,
+)
+from srppo.scoring.buffer import read_buffers
+from srppo.scoring.rewards import RewardNormalizer
 
 CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_loss", "policy_loss",
           "clip_frac", "entropy", "approx_kl"]

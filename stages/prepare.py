@@ -8,7 +8,7 @@ from pathlib import Path
 
 from srppo.data.prepare import SPLITS, describe, prepare
 from srppo.data.records import write_jsonl
-from srppo.runner import Timer, load, log, write_results
+from srppo.runtime.stage import Timer, load, log, write_results
 
 
 def main(out_dir: str, metrics_path: str, report_path: str) -> None:

@@ -14,18 +14,23 @@ import random
 import sys
 from pathlib import Path
 
-from srppo import plots
-from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir
-from srppo.models import context_length, load_tokenizer, setup_runtime
-from srppo.reward_model import (load_reward_model, pair_accuracy, preference_pairs, save_reward_model,
-                                train_reward_model)
-from srppo.roles import frozen, prompt_ids, rollout_engine
-from srppo.rollout.engine import SamplingParams
-from srppo.runner import Timer, load, log, progress, write_results
-from srppo.sft import demos_within_max_len
-
 from live_curves import live_curves
+
+from srppo.data.records import read_jsonl
+from srppo.evaluation import plots
+from srppo.io import atomic_dir
+from srppo.methods.reward_model import (
+    pair_accuracy,
+    preference_pairs,
+    save_reward_model,
+    train_reward_model,
+)
+from srppo.methods.sft import demos_within_max_len
+from srppo.models.loading import context_length, frozen, load_tokenizer, setup_runtime
+from srppo.rollout.engine import SamplingParams
+from srppo.rollout.sampling import prompt_ids, rollout_engine
+from srppo.runtime.stage import Timer, load, log, progress, write_results
+from srppo.scoring.reward_model import load_reward_model
 
 
 def sample_answers(params, tok, sft_dir, prompts, device, dtype, bar) -> list[list]:

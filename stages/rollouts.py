@@ -9,11 +9,12 @@ import sys
 
 from srppo.data.records import read_jsonl
 from srppo.io import atomic_dir
-from srppo.models import context_length, load_tokenizer, setup_runtime
-from srppo.ppo.experience import score
-from srppo.roles import frozen, prompt_ids, reward_model_or_none, rollout_engine, sampling_params
-from srppo.rollout.buffer import buffer_path, to_frame
-from srppo.runner import Timer, load, log, progress, write_results
+from srppo.methods.ppo.roles import reward_model_or_none
+from srppo.models.loading import context_length, frozen, load_tokenizer, setup_runtime
+from srppo.rollout.sampling import prompt_ids, rollout_engine, sampling_params
+from srppo.runtime.stage import Timer, load, log, progress, write_results
+from srppo.scoring.buffer import buffer_path, to_frame
+from srppo.scoring.score import score
 
 
 def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path, report_path) -> None:

@@ -8,15 +8,31 @@ LIVE_DIR/curves.png are drawn at the end.
 import sys
 from pathlib import Path
 
-from srppo import distributed, lora, plots
-from srppo.checkpoint import stage_checkpointer
-from srppo.data.records import read_jsonl
-from srppo.io import atomic_dir
-from srppo.models import context_length, load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
-from srppo.runner import Timer, checkpoint_interval, load, log, progress, training_config, write_results
-from srppo.sft import check_max_len, encode_demos, micro_batches, train_sft
-
 from live_curves import live_curves
+
+from srppo.data.records import read_jsonl
+from srppo.evaluation import plots
+from srppo.io import atomic_dir
+from srppo.methods.sft import check_max_len, encode_demos, micro_batches, train_sft
+from srppo.models import lora
+from srppo.models.loading import (
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+    save_pretrained,
+    setup_runtime,
+)
+from srppo.runtime import distributed
+from srppo.runtime.checkpoint import stage_checkpointer
+from srppo.runtime.stage import (
+    Timer,
+    checkpoint_interval,
+    load,
+    log,
+    progress,
+    training_config,
+    write_results,
+)
 
 
 def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, report_path: str, live_dir: str) -> None:

@@ -10,18 +10,24 @@ import itertools
 import sys
 from pathlib import Path
 
-from srppo import plots
-from srppo.data.records import read_jsonl
-from srppo.distributed import adamw
-from srppo.io import atomic_dir
-from srppo.models import load_causal_lm, load_tokenizer, save_pretrained, setup_runtime
-from srppo.roles import frozen, rollout_engine
-from srppo.rollout.engine import SamplingParams
-from srppo.runner import Timer, load, log, progress, write_results
-from srppo.sft import encode_demos
-from srppo.spin import spin_pairs, train_spin_iteration
-
 from live_curves import live_curves
+
+from srppo.data.records import read_jsonl
+from srppo.evaluation import plots
+from srppo.io import atomic_dir
+from srppo.methods.sft import encode_demos
+from srppo.methods.spin import spin_pairs, train_spin_iteration
+from srppo.models.loading import (
+    frozen,
+    load_causal_lm,
+    load_tokenizer,
+    save_pretrained,
+    setup_runtime,
+)
+from srppo.rollout.engine import SamplingParams
+from srppo.rollout.sampling import rollout_engine
+from srppo.runtime.distributed import adamw
+from srppo.runtime.stage import Timer, load, log, progress, write_results
 
 
 def main(sft_dir, demos_path, out_dir, metrics_path, report_path, live_dir) -> None:

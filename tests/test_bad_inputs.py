@@ -12,17 +12,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from srppo.config import PPOConfig
-from srppo.data.chat import encode_prompt
+from srppo.config.params import PPOConfig
+from srppo.data.batch import encode_prompt
 from srppo.data.records import DataError, read_jsonl, write_jsonl
 from srppo.io import atomic_dir, write_json
-from srppo.models import (ModelError, check_tokenizer, context_length, load_causal_lm, load_tokenizer,
-                          load_value_model)
-from srppo.ppo.experience import score
-from srppo.ppo.trainer import NumericError, PPOTrainer, Roles, prompt_stream
-from srppo.rewards import RewardNormalizer
-from srppo.roles import prompt_ids
+from srppo.methods.ppo.trainer import NumericError, PPOTrainer, Roles, prompt_stream
+from srppo.models.loading import (
+    ModelError,
+    check_tokenizer,
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+    load_value_model,
+)
 from srppo.rollout.engine import Generation, SamplingParams, make_engine
+from srppo.rollout.sampling import prompt_ids
+from srppo.scoring.rewards import RewardNormalizer
+from srppo.scoring.score import score
 
 CPU = torch.device("cpu")
 MSG = [{"role": "user", "content": "Describe rain in one sentence."}]
@@ -44,7 +50,7 @@ def test_prompt_longer_than_the_context_is_caught_before_generation(tiny_dir):
 
 
 def test_sft_max_len_over_the_context_is_a_config_error(tiny_dir):
-    from srppo.sft import check_max_len
+    from srppo.methods.sft import check_max_len
 
     check_max_len(256, context_length(tiny_dir), tiny_dir)
     with pytest.raises(ValueError, match=rf"sft.max_len=512 exceeds the context of {tiny_dir} \(256 tokens"):
@@ -196,8 +202,8 @@ def test_atomic_dir_sweeps_temp_dirs_of_killed_writers(tmp_path):
 
 
 def test_nan_sft_loss_names_the_micro_batch_and_rows(tiny_dir):
-    from srppo.config import SFTConfig
-    from srppo.sft import encode_demos, train_sft
+    from srppo.config.params import SFTConfig
+    from srppo.methods.sft import encode_demos, train_sft
 
     tok = load_tokenizer(tiny_dir)
     model = load_causal_lm(tiny_dir, CPU, torch.float32, trainable=True)
@@ -209,7 +215,7 @@ def test_nan_sft_loss_names_the_micro_batch_and_rows(tiny_dir):
 
 
 def test_zero_eval_prompts_after_filtering(tmp_path):
-    from srppo.config import PrepareConfig
+    from srppo.config.params import PrepareConfig
     from srppo.data.prepare import prepare
 
     rows = [f'{{"prompt": "p{i}", "response": "r{i}"}}\n' for i in range(4)]

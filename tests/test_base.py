@@ -5,8 +5,14 @@ import json
 import pytest
 import torch
 
-from srppo.config import BaseConfig
-from srppo.models import ModelError, gguf_location, load_causal_lm, load_tokenizer, materialise_base
+from srppo.config.params import BaseConfig
+from srppo.models.loading import (
+    ModelError,
+    gguf_location,
+    load_causal_lm,
+    load_tokenizer,
+    materialise_base,
+)
 
 
 @pytest.mark.slow

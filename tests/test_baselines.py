@@ -7,12 +7,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from srppo.compare import collect, markdown, paired_difference, scores, summarise
-from srppo.config import ConfigError, load_params, parse_overrides
-from srppo.data.chat import collate, encode_response
-from srppo.reward_model import (bradley_terry_loss, load_reward_model, preference_pairs, reward_scores,
-                                save_reward_model)
+from srppo.config.params import ConfigError, load_params, parse_overrides
+from srppo.data.batch import collate, encode_response
+from srppo.evaluation.compare import (
+    collect,
+    markdown,
+    paired_difference,
+    scores,
+    summarise,
+)
+from srppo.methods.reward_model import (
+    bradley_terry_loss,
+    preference_pairs,
+    save_reward_model,
+)
 from srppo.rollout.engine import Generation
+from srppo.scoring.reward_model import load_reward_model, reward_scores
 
 
 def test_bradley_terry_hand_numbers():
@@ -23,7 +33,7 @@ def test_bradley_terry_hand_numbers():
 
 
 def test_preference_pairs_rank_by_the_checkers(tiny_dir):
-    from srppo.models import load_tokenizer
+    from srppo.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
     rec = {"id": "k1", "messages": [{"role": "user", "content": "Use the word apple."}], "response": "An apple.",
@@ -42,7 +52,7 @@ def test_preference_pairs_rank_by_the_checkers(tiny_dir):
 
 
 def test_preference_pairs_from_demonstrations_need_no_checkers(tiny_dir):
-    from srppo.models import load_tokenizer
+    from srppo.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
     rec = {"id": "r1", "messages": [{"role": "user", "content": "Name a fruit."}], "response": "An apple."}
@@ -59,7 +69,7 @@ def test_preference_pairs_from_demonstrations_need_no_checkers(tiny_dir):
 
 
 def test_reward_model_reads_the_last_response_token_whatever_the_padding(tiny_dir, tmp_path):
-    from srppo.models import load_tokenizer
+    from srppo.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
     rm = load_reward_model(tiny_dir, torch.device("cpu"), torch.float32)
@@ -129,7 +139,7 @@ def test_scores_average_the_benchmarks_not_the_breakdown(tmp_path):
 def test_split_by_reward_keeps_the_top_and_an_equal_random_subset():
     import numpy as np
 
-    from srppo.datafilter import filter_report, split_by_reward
+    from srppo.methods.datafilter import filter_report, split_by_reward
 
     demos = [{"id": f"d{i}", "family": "a" if i < 3 else "b"} for i in range(6)]
     rewards = np.array([0.5, 3.0, -1.0, 2.0, 0.0, 1.0])

@@ -1,4 +1,4 @@
-"""srppo.checkpoint in-process: RNG round trip, fingerprints, and an interrupted SFT loop that resumes exactly."""
+"""srppo.runtime.checkpoint in-process: RNG round trip, fingerprints, and an interrupted SFT loop that resumes exactly."""
 
 import random
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from srppo.checkpoint import Checkpointer, fingerprint, stage_checkpointer
-from srppo.config import Params, SFTConfig
-from srppo.models import load_causal_lm, load_tokenizer
-from srppo.sft import encode_demos, train_sft
+from srppo.config.params import Params, SFTConfig
+from srppo.methods.sft import encode_demos, train_sft
+from srppo.models.loading import load_causal_lm, load_tokenizer
+from srppo.runtime.checkpoint import Checkpointer, fingerprint, stage_checkpointer
 
 CPU = torch.device("cpu")
 

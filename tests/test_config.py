@@ -5,9 +5,16 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import ROOT
-from srppo.config import ConfigError, Params, apply_preset, dump_params, load_params, validate
+
+from srppo.config.params import (
+    ConfigError,
+    Params,
+    apply_preset,
+    dump_params,
+    load_params,
+    validate,
+)
 
 
 def test_params_yaml_is_the_documented_default():

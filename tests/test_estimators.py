@@ -11,9 +11,9 @@ from typing import get_args
 import pytest
 import torch
 
-from srppo.config import GROUP_ESTIMATORS, ConfigError, PPOConfig, validate
-from srppo.ppo.estimators import CRITIC_FREE, GROUPED, get_estimator, registered
-from srppo.spin import spin_loss
+from srppo.config.params import GROUP_ESTIMATORS, ConfigError, PPOConfig, validate
+from srppo.methods.ppo.estimators import CRITIC_FREE, GROUPED, get_estimator, registered
+from srppo.methods.spin import spin_loss
 
 # Five responses, two prompts (ids 7 and 3, not contiguous on purpose). Positions outside the mask
 # (prompt, padding) hold junk rewards that must not count. Sequence returns R = [1, 3, 0, 1, 5].
@@ -214,9 +214,10 @@ def test_config_accepts_groups_and_critic_free_estimators():
 # -- wiring ---------------------------------------------------------------------------------------
 
 def test_build_experience_passes_groups_and_leaves_critic_free_advantages_unwhitened():
-    from srppo.data.chat import Batch
-    from srppo.ppo.experience import Scored, build_experience
-    from srppo.rewards import RewardNormalizer
+    from srppo.data.batch import Batch
+    from srppo.methods.ppo.experience import build_experience
+    from srppo.scoring.rewards import RewardNormalizer
+    from srppo.scoring.score import Scored
 
     mask = torch.tensor([[0.0, 1, 1], [0, 1, 0], [1, 1, 1], [0, 0, 1]])
     batch = Batch(torch.zeros(4, 4, dtype=torch.long), torch.ones(4, 4), mask, 0)
@@ -229,7 +230,7 @@ def test_build_experience_passes_groups_and_leaves_critic_free_advantages_unwhit
 
 
 def test_repeat_prompts_keeps_groups_adjacent():
-    from srppo.ppo.trainer import repeat_prompts
+    from srppo.methods.ppo.trainer import repeat_prompts
 
     rows, groups = repeat_prompts([[1, 2], [3]], 3, torch.device("cpu"))
     assert rows == [[1, 2]] * 3 + [[3]] * 3
@@ -238,11 +239,16 @@ def test_repeat_prompts_keeps_groups_adjacent():
 
 
 def test_rloo_iteration_updates_actor_and_never_touches_the_critic(tiny_dir, tiny_sft_dir):
-    from srppo.data.chat import encode_prompt
-    from srppo.models import load_causal_lm, load_tokenizer, load_value_model, param_fingerprint
-    from srppo.ppo.trainer import PPOTrainer, Roles
-    from srppo.rewards import RewardNormalizer
+    from srppo.data.batch import encode_prompt
+    from srppo.methods.ppo.trainer import PPOTrainer, Roles
+    from srppo.models.loading import (
+        load_causal_lm,
+        load_tokenizer,
+        load_value_model,
+        param_fingerprint,
+    )
     from srppo.rollout.engine import SamplingParams, make_engine
+    from srppo.scoring.rewards import RewardNormalizer
 
     cpu = torch.device("cpu")
     tok = load_tokenizer(tiny_sft_dir)
@@ -294,11 +300,11 @@ def test_spin_loss_at_the_reference_is_log_two():
 
 
 def test_spin_iteration_prefers_demonstrations_and_leaves_the_opponent_frozen(tiny_sft_dir):
-    from srppo.config import SPINConfig
-    from srppo.data.chat import encode_prompt, encode_response
-    from srppo.models import load_causal_lm, load_tokenizer, param_fingerprint
+    from srppo.config.params import SPINConfig
+    from srppo.data.batch import encode_prompt, encode_response
+    from srppo.methods.spin import spin_pairs, train_spin_iteration
+    from srppo.models.loading import load_causal_lm, load_tokenizer, param_fingerprint
     from srppo.rollout.engine import SamplingParams, make_engine
-    from srppo.spin import spin_pairs, train_spin_iteration
 
     cpu = torch.device("cpu")
     tok = load_tokenizer(tiny_sft_dir)

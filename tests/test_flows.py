@@ -8,14 +8,31 @@ import sys
 import pytest
 import yaml
 from conftest import ROOT
-from test_flows_support import (AWS, STAGES, add_s3_remote, background, clone, copy_repo, free_port, full_clone,
-                                lineage, lock, moto_s3, prefect_env, prefect_server, run, s3_client, statuses,
-                                tiny_smoke_params, wait_until)
+from test_flows_support import (
+    AWS,
+    STAGES,
+    add_s3_remote,
+    background,
+    clone,
+    copy_repo,
+    free_port,
+    full_clone,
+    lineage,
+    lock,
+    moto_s3,
+    prefect_env,
+    prefect_server,
+    run,
+    s3_client,
+    statuses,
+    tiny_smoke_params,
+    wait_until,
+)
 
 from flows import lineage as lineage_mod
 from flows.dvcgraph import load_graph, pullable_inputs
 from flows.params import Overrides, as_dict, resolve
-from srppo.config import ConfigError, deep_merge
+from srppo.config.params import ConfigError
 
 
 def test_graph_order_and_exact_inputs_come_from_dvc_yaml():

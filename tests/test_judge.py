@@ -12,7 +12,7 @@ from srppo.data.records import DataError
 
 
 def test_judge_preference_from_logprobs_and_text():
-    from srppo.judge import letter_preference
+    from srppo.evaluation.judge import letter_preference
 
     choice = {"logprobs": {"content": [{"top_logprobs": [{"token": "a", "logprob": math.log(0.6)},
                                                          {"token": " b", "logprob": math.log(0.2)},
@@ -24,7 +24,7 @@ def test_judge_preference_from_logprobs_and_text():
 
 
 def test_length_controlled_win_rate_discounts_a_length_only_advantage():
-    from srppo.judge import length_controlled
+    from srppo.evaluation.judge import length_controlled
 
     diffs = [d for d in range(-50, 51, 10)] * 4
     prefs = [1.0 if d > 0 else 0.0 if d < 0 else 0.5 for d in diffs]  # the judge only likes length
@@ -40,7 +40,7 @@ def test_length_controlled_win_rate_discounts_a_length_only_advantage():
 
 
 def test_instruction_file_errors_name_the_row_and_field(tmp_path):
-    from srppo.judge import load_instructions
+    from srppo.evaluation.judge import load_instructions
 
     path = tmp_path / "alpaca.jsonl"
     path.write_text(json.dumps({"prompt": "Say hi.", "ref": "Hello."}) + "\n" + json.dumps({"prompt": "x"}) + "\n")

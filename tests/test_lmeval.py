@@ -7,7 +7,16 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[eval]')")
 
 from srppo.data.records import DataError  # noqa: E402
-from srppo.lmeval import GPQA, GPQA_COT, GPQA_FIELDS, GSM8K, IFEVAL, ensure_punkt_tab, run, write_tasks  # noqa: E402
+from srppo.evaluation.lmeval import (  # noqa: E402
+    GPQA,
+    GPQA_COT,
+    GPQA_FIELDS,
+    GSM8K,
+    IFEVAL,
+    ensure_punkt_tab,
+    run,
+    write_tasks,
+)
 
 IFEVAL_ROWS = [
     {"key": 1, "prompt": "Write two sentences about rain. Do not use any commas.",

@@ -1,4 +1,4 @@
-"""LoRA with one shared base (srppo/lora.py) on the tiny model: SFT trains an adapter, PPO's four roles
+"""LoRA with one shared base (srppo/models/lora.py) on the tiny model: SFT trains an adapter, PPO's four roles
 route through one copy of the weights, and training the actor moves the actor alone."""
 
 import pytest
@@ -6,12 +6,12 @@ import torch
 
 pytest.importorskip("peft", reason="LoRA needs the lora extra (peft)")
 
-from srppo.config import LoRAConfig, SFTConfig  # noqa: E402
-from srppo.data.chat import collate  # noqa: E402
-from srppo.logprobs import token_logprobs  # noqa: E402
-from srppo.lora import ADAPTER_DIR, add_adapter, save_sft, shared_roles  # noqa: E402
-from srppo.models import load_causal_lm, load_tokenizer, save_pretrained  # noqa: E402
-from srppo.sft import encode_demos, train_sft  # noqa: E402
+from srppo.config.params import LoRAConfig, SFTConfig  # noqa: E402
+from srppo.data.batch import collate  # noqa: E402
+from srppo.methods.sft import encode_demos, train_sft  # noqa: E402
+from srppo.models.loading import load_causal_lm, load_tokenizer, save_pretrained  # noqa: E402
+from srppo.models.logprobs import token_logprobs  # noqa: E402
+from srppo.models.lora import ADAPTER_DIR, add_adapter, save_sft, shared_roles  # noqa: E402
 
 CPU, F32 = torch.device("cpu"), torch.float32
 MSG = [{"role": "user", "content": "Describe rain in one sentence."}]
@@ -92,8 +92,8 @@ def test_sft_and_ppo_stages_train_adapters_over_one_base(tmp_path, tiny_dir):
     from test_resume import make_repo, run
 
     from srppo.io import write_json
-    from srppo.models import param_fingerprint
-    from srppo.rewards import RewardNormalizer
+    from srppo.models.loading import param_fingerprint
+    from srppo.scoring.rewards import RewardNormalizer
 
     repo = make_repo(tmp_path, tiny_dir, {"lora": {"enabled": True, "r": 4, "alpha": 8},
                                          "sft": {"epochs": 2, "lr": 1e-3, "checkpoint_every": 0},

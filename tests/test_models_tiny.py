@@ -5,15 +5,20 @@ import math
 import pytest
 import torch
 
-from srppo.config import PPOConfig
-from srppo.data.chat import collate, encode_prompt, encode_response
-from srppo.logprobs import token_logprobs
-from srppo.models import load_causal_lm, load_tokenizer, load_value_model, param_fingerprint
-from srppo.ppo.experience import score
-from srppo.ppo.trainer import PPOTrainer, Roles
-from srppo.rewards import RewardNormalizer
+from srppo.config.params import PPOConfig
+from srppo.data.batch import collate, encode_prompt, encode_response
+from srppo.methods.ppo.trainer import PPOTrainer, Roles
+from srppo.methods.sft import demos_within_max_len, encode_demos, train_sft
+from srppo.models.loading import (
+    load_causal_lm,
+    load_tokenizer,
+    load_value_model,
+    param_fingerprint,
+)
+from srppo.models.logprobs import token_logprobs
 from srppo.rollout.engine import Generation, SamplingParams, cut_at_eos, make_engine
-from srppo.sft import demos_within_max_len, encode_demos, train_sft
+from srppo.scoring.rewards import RewardNormalizer
+from srppo.scoring.score import score
 
 CPU = torch.device("cpu")
 MSG = [{"role": "user", "content": "Describe rain in one sentence."}]
@@ -68,7 +73,7 @@ def test_coherent_reward_equals_hand_computation(tiny_dir, tiny_sft_dir):
 
 
 def test_sft_steps_change_parameters_and_lower_loss(tiny_dir):
-    from srppo.config import SFTConfig
+    from srppo.config.params import SFTConfig
 
     tok = load_tokenizer(tiny_dir)
     model = load_causal_lm(tiny_dir, CPU, torch.float32, trainable=True)

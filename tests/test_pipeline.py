@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 import yaml
-
 from conftest import ROOT, live_rows
-from srppo.config import apply_preset, deep_merge, dump_params
+
+from srppo.config.params import apply_preset, deep_merge, dump_params
 
 pytestmark = pytest.mark.slow
 

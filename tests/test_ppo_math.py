@@ -3,9 +3,21 @@
 import pytest
 import torch
 
-from srppo.ppo.estimators import gae, get_estimator, register_estimator
-from srppo.ppo.losses import kl_penalty, masked_mean, masked_whiten, policy_loss, value_loss
-from srppo.rewards import RewardNormalizer, coherent_reward, last_action_index, place_at_last_token, token_rewards
+from srppo.methods.ppo.estimators import gae, get_estimator, register_estimator
+from srppo.methods.ppo.losses import (
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
+from srppo.scoring.rewards import (
+    RewardNormalizer,
+    coherent_reward,
+    last_action_index,
+    place_at_last_token,
+    token_rewards,
+)
 
 
 def reference_gae(r, v, gamma, lam):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from srppo.config import PrepareConfig
+from srppo.config.params import PrepareConfig
 from srppo.data.prepare import describe, prepare
 from srppo.data.records import DataError
 

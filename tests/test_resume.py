@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, live_rows
-from srppo.config import deep_merge, dump_params, validate
+
+from srppo.config.params import deep_merge, dump_params, validate
 from srppo.data.records import write_jsonl
 from srppo.io import write_json
-from srppo.rewards import RewardNormalizer
+from srppo.scoring.rewards import RewardNormalizer
 
 pytestmark = pytest.mark.slow  # real stages through DVC: about a minute
 

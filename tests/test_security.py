@@ -18,9 +18,18 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
-from test_flows_support import background, free_port, moto_s3, prefect_env, run, s3_client, wait_ready, wait_until
+from test_flows_support import (
+    background,
+    free_port,
+    moto_s3,
+    prefect_env,
+    run,
+    s3_client,
+    wait_ready,
+    wait_until,
+)
 
-from srppo.config import ConfigError, Params, dump_params, validate
+from srppo.config.params import ConfigError, Params, dump_params, validate
 
 CANARY = "SRPPO-CANARY-"  # every secret below contains it: one search finds any of them
 SECRETS = {"AWS_ACCESS_KEY_ID": CANARY + "ENV-ID", "AWS_SECRET_ACCESS_KEY": CANARY + "ENV-SECRET"}
@@ -40,7 +49,7 @@ def test_params_refuse_credentials_without_echoing_them(tmp_path):
     assert CANARY not in message
     # The same through the CLI every stage's params check goes through: exit 2, nothing echoed.
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**Params().model_dump(mode="json"), **raw}))
-    res = subprocess.run([sys.executable, "-m", "srppo.presets", "--check", str(tmp_path / "params.yaml")],
+    res = subprocess.run([sys.executable, "-m", "srppo.config.presets", "--check", str(tmp_path / "params.yaml")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "remote: Extra inputs are not permitted" in res.stderr
     assert CANARY not in res.stdout + res.stderr

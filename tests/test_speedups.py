@@ -5,16 +5,17 @@ recomputed in the backward pass, and AdamW runs fused."""
 import pytest
 import torch
 
-from srppo.config import ConfigError, PPOConfig, Params
-from srppo.data.chat import collate, encode_prompt, select_rows
-from srppo.distributed import adamw
-from srppo.logprobs import shared_prompt_logprobs, token_logprobs
-from srppo.models import load_causal_lm, load_tokenizer, load_value_model
-from srppo.ppo.experience import engine_logprobs, in_chunks
-from srppo.ppo.trainer import PPOTrainer, Roles
-from srppo.rewards import RewardNormalizer
-from srppo.roles import ppo_roles, recompute_activations
+from srppo.config.params import ConfigError, Params, PPOConfig
+from srppo.data.batch import collate, encode_prompt, select_rows
+from srppo.methods.ppo.experience import engine_logprobs
+from srppo.methods.ppo.roles import ppo_roles, recompute_activations
+from srppo.methods.ppo.trainer import PPOTrainer, Roles
+from srppo.models.loading import load_causal_lm, load_tokenizer, load_value_model
+from srppo.models.logprobs import shared_prompt_logprobs, token_logprobs
 from srppo.rollout.engine import SamplingParams, TokenSampler, make_engine
+from srppo.runtime.distributed import adamw
+from srppo.scoring.rewards import RewardNormalizer
+from srppo.scoring.score import in_chunks
 
 CPU = torch.device("cpu")
 PROMPTS = [[{"role": "user", "content": text}] for text in

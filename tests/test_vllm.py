@@ -10,14 +10,14 @@ import math
 import pytest
 import torch
 
-from srppo.config import PPOConfig, VLLMOptions
-from srppo.data.chat import collate, encode_prompt
-from srppo.logprobs import token_logprobs
-from srppo.models import load_causal_lm, load_tokenizer, load_value_model
-from srppo.ppo.trainer import PPOTrainer, Roles
-from srppo.rewards import RewardNormalizer
+from srppo.config.params import PPOConfig, VLLMOptions
+from srppo.data.batch import collate, encode_prompt
+from srppo.methods.ppo.trainer import PPOTrainer, Roles
+from srppo.models.loading import load_causal_lm, load_tokenizer, load_value_model
+from srppo.models.logprobs import token_logprobs
 from srppo.rollout.engine import SamplingParams, make_engine
 from srppo.rollout.vllm_engine import vllm_available
+from srppo.scoring.rewards import RewardNormalizer
 
 REASON = vllm_available()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -184,7 +184,7 @@ def judge_server(vllm_pt, tmp_path):
 
 
 def test_alpacaeval_style_win_rate_against_a_live_local_judge(judge_server):
-    from srppo.judge import PROMPT, ask, letter_preference, win_rate
+    from srppo.evaluation.judge import PROMPT, ask, letter_preference, win_rate
 
     items = [{"instruction": "Name a color.", "output": "Blue.", "reference": "Red is a color."},
              {"instruction": "Say hi.", "output": "Hi there!", "reference": "Hello."},
@@ -205,7 +205,8 @@ def test_alpacaeval_style_win_rate_against_a_live_local_judge(judge_server):
 def test_two_processes_each_sample_half_the_buffer_and_match_one(vllm_repo):
     """ZeRO-2 over 2 processes, each with its own vLLM engine sampling every other row of a buffer:
     per-request seeds make the exchanged buffer, and so the PPO curves, equal to one process's."""
-    from test_deepspeed import PPO, REASON as NO_DEEPSPEED, curve, run_stage
+    from test_deepspeed import PPO, curve, run_stage
+    from test_deepspeed import REASON as NO_DEEPSPEED
 
     if NO_DEEPSPEED:
         pytest.skip(NO_DEEPSPEED)

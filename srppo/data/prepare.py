@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from srppo.config import PrepareConfig
+from srppo.config.params import PrepareConfig
 from srppo.data.records import check_unique_ids, validate_demo, validate_prompt
 
 SPLITS = ("demos", "ppo_prompts", "calibration", "eval")

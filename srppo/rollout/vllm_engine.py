@@ -61,7 +61,7 @@ class VLLMEngine:
                                f"or set rollouts.engine: hf")
         from vllm import LLM
 
-        from srppo.config import VLLMOptions
+        from srppo.config.params import VLLMOptions
         options = options or VLLMOptions()
         self.tok, self.batch_size, self.seed, self.calls = tok, batch_size, seed, 0
         self.llm = LLM(**_engine_args(model_path, options, seed, dtype))

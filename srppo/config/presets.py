@@ -1,4 +1,4 @@
-"""Write `params.yaml` from a preset: `python -m srppo.presets configs/smoke.yaml [params.yaml]`.
+"""Write `params.yaml` from a preset: `python -m srppo.config.presets configs/smoke.yaml [params.yaml]`.
 
 A preset is a partial params file laid over the built-in defaults (the embedded default) and
 validated as a whole, so a bad preset fails here rather than in the middle of a run.
@@ -8,12 +8,17 @@ With `--check`, only validate an existing params file.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from srppo.config import ConfigError, Params, apply_preset, dump_params, load_params
+from srppo.config.params import (
+    ConfigError,
+    Params,
+    apply_preset,
+    dump_params,
+    load_params,
+)
 from srppo.io import write_text_atomic
 
-HEADER = "# Generated from {src} by `python -m srppo.presets`. Every key is documented in srppo/config.py.\n"
+HEADER = "# Generated from {src} by `python -m srppo.config.presets`. Every key is documented in srppo/config/params.py.\n"
 
 
 def main(argv: list[str]) -> int:

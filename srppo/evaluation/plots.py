@@ -69,7 +69,7 @@ def _save(fig, path: Path) -> None:
 def bars_with_errors(summary: dict, path: Path, title: str) -> None:
     """One panel per setup: a group of bars per column, a bar per method, mean with a +-1 std whisker.
 
-    `summary`: {setup: {method: {column: {"mean", "std", "n"}}}} (srppo.compare.summarise).
+    `summary`: {setup: {method: {column: {"mean", "std", "n"}}}} (srppo.evaluation.compare.summarise).
     """
     import numpy as np
 

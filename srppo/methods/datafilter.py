@@ -13,8 +13,8 @@ import random
 
 import numpy as np
 
-from srppo.calibrate import rewards_of
-from srppo.roles import demo_generations
+from srppo.rollout.sampling import demo_generations
+from srppo.scoring.calibrate import rewards_of
 
 
 def demo_rewards(tok, demos: list[dict], sft, pt, device, batch_size: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from srppo.data.chat import encode_prompt
+from srppo.data.batch import encode_prompt
 from srppo.rollout.engine import SamplingParams
 from srppo.testbed import check_response
 

@@ -4,11 +4,8 @@ The paper's point of comparison: PPO driven by an independent preference reward 
 coherent reward. Any sequence-classification model can serve (`reward.model_path`); for the embedded
 testbed this module trains one. p_SFT answers each demonstration prompt a few times, the testbed's
 exact checkers rank the answers (and the demonstration), and a model initialised from p_SFT learns
-P(a > b) = sigmoid(r(a) - r(b)) on every pair the checkers separate.
-
-The score is read at the last response token (EOS, or the last token when truncated), the same
-position where the coherent reward is paid, whatever the padding: the model's own pooling would
-stop at the first pad token and SmolLM2 pads with its EOS id.
+P(a > b) = sigmoid(r(a) - r(b)) on every pair the checkers separate. Loading and scoring with a reward
+model is srppo/scoring/reward_model.py.
 """
 
 from __future__ import annotations
@@ -19,56 +16,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from srppo.data.chat import Batch, collate, encode_response
+from srppo.data.batch import collate, encode_response
 from srppo.data.records import DataError
-from srppo.distributed import adamw
-from srppo.models import ModelError, check_weights
-from srppo.pairwise import pair_epochs
-from srppo.rewards import last_action_index
+from srppo.methods.pairwise import pair_epochs
 from srppo.rollout.engine import Generation
+from srppo.runtime.distributed import adamw
+from srppo.scoring.reward_model import reward_scores
 from srppo.testbed import check_response
-
-
-def load_reward_model(path: str | Path, device, dtype, trainable: bool = False):
-    """A sequence-classification model with one output; from a causal LM the head starts at zero."""
-    from transformers import AutoModelForSequenceClassification
-
-    path = Path(path)
-    check_weights(path)
-    model, loading = AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=1, dtype=dtype, use_safetensors=True, output_loading_info=True)
-    model = model.to(device)
-    head = score_head(model)
-    head_names = [n for n, m in model.named_modules() if m is head]
-    if any(k.startswith(tuple(head_names)) for k in loading["missing_keys"]):
-        # a causal LM's body with a new head: start every answer at the same score, not at noise
-        nn.init.zeros_(head.weight)
-        if getattr(head, "bias", None) is not None:
-            nn.init.zeros_(head.bias)
-    model.train(trainable)
-    model.requires_grad_(trainable)
-    if hasattr(model.config, "use_cache"):
-        model.config.use_cache = False
-    return model
-
-
-def score_head(model) -> nn.Module:
-    for name in ("score", "classifier"):  # decoder models (Llama, Mistral, Qwen, GPT-2) name it `score`
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Linear):
-            return head
-    raise ModelError(f"{type(model).__name__}: no linear `score`/`classifier` head; the reward model must "
-                     f"be a sequence-classification model with one label")
-
-
-def reward_scores(model, batch: Batch) -> torch.Tensor:
-    """(B,) scalar reward of each [prompt | response] at its last response token."""
-    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    last = last_action_index(batch.action_mask) + 1  # action t predicts input token t + 1
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return score_head(model)(hidden[rows, last]).squeeze(-1).float()
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -155,7 +110,7 @@ def save_reward_model(model, tok, out_dir: Path, info: dict) -> None:
     """HF directory (safetensors) loadable by AutoModelForSequenceClassification, with how it was trained."""
     import json
 
-    from srppo.models import save_pretrained
+    from srppo.models.loading import save_pretrained
 
     model.config.pad_token_id = tok.pad_token_id
     save_pretrained(model, tok, out_dir)

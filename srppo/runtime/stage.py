@@ -8,9 +8,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from srppo.config import ConfigError, Params, load_params
+from srppo.config.params import ConfigError, Params, load_params
 from srppo.io import write_json
-
 
 OVERRIDES_ENV = "SRPPO_SET"
 
@@ -74,7 +73,7 @@ def training_config(runtime, micro_batch: int, grad_accum: int, max_grad_norm: f
     """The DeepSpeed config for a training stage, or None for plain torch."""
     if not runtime.deepspeed_config:
         return None
-    from srppo.distributed import deepspeed_config
+    from srppo.runtime.distributed import deepspeed_config
 
     return deepspeed_config(runtime.deepspeed_config, micro_batch, grad_accum, max_grad_norm, dtype, lr)
 

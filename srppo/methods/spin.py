@@ -13,9 +13,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from srppo.data.chat import collate
-from srppo.logprobs import sequence_logprob, token_logprobs
-from srppo.pairwise import pair_epochs
+from srppo.data.batch import collate
+from srppo.methods.pairwise import pair_epochs
+from srppo.models.logprobs import sequence_logprob, token_logprobs
 
 
 def spin_loss(policy_chosen_logp: torch.Tensor, policy_rejected_logp: torch.Tensor,

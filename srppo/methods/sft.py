@@ -8,12 +8,12 @@ from typing import Callable
 
 import torch
 
-from srppo import distributed
-from srppo.data.chat import collate, encode_prompt, encode_response
+from srppo.data.batch import collate, encode_prompt, encode_response
 from srppo.data.records import DataError
-from srppo.logprobs import token_logprobs
-from srppo.distributed import Stepper
-from srppo.ppo.losses import masked_mean
+from srppo.methods.ppo.losses import masked_mean
+from srppo.models.logprobs import token_logprobs
+from srppo.runtime import distributed
+from srppo.runtime.distributed import Stepper
 
 
 def encode_demos(tok, demos: list[dict], max_len: int, source: str = "demonstrations",
@@ -83,12 +83,12 @@ def micro_batches(n: int, batch_size: int, epochs: float, seed: int):
 
 def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
               on_step: Callable[[dict], None] | None = None, ckpt=None, ds_config: dict | None = None) -> list[dict]:
-    """`ckpt` (a srppo.checkpoint.Checkpointer) resumes from / saves at optimizer-step boundaries.
+    """`ckpt` (a srppo.runtime.checkpoint.Checkpointer) resumes from / saves at optimizer-step boundaries.
 
     `on_step(row)` sees every optimizer step's row once and in order, as the step ends; a resumed run
     hands it the restored rows first. With several processes each global micro-batch is split across
     ranks and the reported loss is the global token mean, so the curve matches a single-process run
-    (srppo.distributed).
+    (srppo.runtime.distributed).
     """
     device = next(model.parameters()).device
     stepper = Stepper(model, cfg.lr, cfg.weight_decay, cfg.max_grad_norm, ds_config, cfg.grad_accum)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from srppo.data.chat import Batch
+from srppo.data.batch import Batch
 
 
 def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature: float = 1.0):

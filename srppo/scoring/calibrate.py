@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from srppo.ppo.experience import score
-from srppo.rewards import RewardNormalizer
+from srppo.scoring.rewards import RewardNormalizer
+from srppo.scoring.score import score
 
 
 def rewards_of(gens, sft, pt, pad_id, device, batch_size: int, reward_model=None) -> tuple[np.ndarray, np.ndarray]:

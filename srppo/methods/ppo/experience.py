@@ -1,7 +1,6 @@
-"""Experience making: sampled responses -> log-probs, values, rewards, advantages.
+"""Experience making: scored responses -> values, per-token rewards with the KL penalty, advantages.
 
-`p_SFT` plays two roles here and is run once: its log-probs are the KL reference *and* the
-numerator of the coherent reward.
+Scoring itself (p_SFT's and p_PT's log-probs, the reward) is srppo/scoring/score.py.
 """
 
 from __future__ import annotations
@@ -10,24 +9,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from srppo.data.chat import Batch, collate, select_rows
-from srppo.logprobs import shared_prompt_logprobs, token_logprobs
-from srppo.ppo.estimators import CRITIC_FREE, get_estimator
-from srppo.ppo.losses import kl_penalty, masked_whiten
-from srppo.reward_model import reward_scores
-from srppo.rewards import RewardNormalizer, coherent_reward, place_at_last_token, token_rewards
+from srppo.data.batch import Batch
+from srppo.methods.ppo.estimators import CRITIC_FREE, get_estimator
+from srppo.methods.ppo.losses import kl_penalty, masked_whiten
+from srppo.models.logprobs import token_logprobs
 from srppo.rollout.engine import Generation
-
-
-@dataclass
-class Scored:
-    """Responses scored by the frozen roles: what the `rollouts` stage stores and PPO re-uses."""
-
-    batch: Batch
-    logp_sft: torch.Tensor    # (B, T-1) log p_SFT of each response token, 0 elsewhere
-    logp_pt: torch.Tensor     # (B, T-1) log p_PT (zeros under a reward model)
-    reward_raw: torch.Tensor  # (B,) coherent reward, Eq. (3), or the reward model's score
-    truncated: torch.Tensor   # (B,) bool: no EOS within the token budget
+from srppo.scoring.rewards import RewardNormalizer, place_at_last_token, token_rewards
+from srppo.scoring.score import Scored, in_chunks
 
 
 @dataclass
@@ -50,50 +38,6 @@ class Experience:
     @property
     def mask(self) -> torch.Tensor:
         return self.batch.action_mask
-
-
-def in_chunks(fn, batch: Batch, rows: int | None) -> torch.Tensor:
-    """`fn(batch)` over chunks of `rows` rows, concatenated in the batch's row order.
-
-    A 1024-rollout buffer with 1024-token responses and a 128k vocabulary would need over a TiB of
-    logits in one forward; chunks keep that to `rows` sequences at a time. Rows are chunked in order
-    of length and each chunk is cut to its longest row (`select_rows`), so short sequences do not pay
-    for the longest one's padding. `fn` returns (rows,) or (rows, width - 1) tensors.
-    """
-    n, width = batch.input_ids.shape
-    if not rows or rows >= n:
-        return fn(batch)
-    order = torch.argsort(batch.attention_mask.sum(-1), stable=True)
-    parts = []
-    for chunk in order.split(rows):
-        out = fn(select_rows(batch, chunk))
-        if out.dim() == 2:  # (rows, chunk width - 1) -> the whole batch's width
-            out = torch.nn.functional.pad(out, (0, width - 1 - out.shape[1]))
-        parts.append(out)
-    result = torch.cat(parts)
-    return result[torch.argsort(order)]  # back to the batch's row order
-
-
-@torch.no_grad()
-def score(gens: list[Generation], sft, pt, pad_id: int, device, chunk: int | None = None,
-          reward_model=None) -> Scored:
-    """p_SFT's log-probs (the KL reference) and the reward: coherent (p_SFT, p_PT) or, given a
-    `reward_model` (the RM-PPO baseline), its score at the last token; then p_PT is not run."""
-    prompts, responses = [g.prompt_ids for g in gens], [g.response_ids for g in gens]
-    batch = collate(prompts, responses, pad_id).to(device)
-    if len({tuple(p) for p in prompts}) < len(prompts):  # groups: each distinct prompt runs once
-        frozen_logprobs = lambda model: shared_prompt_logprobs(model, prompts, responses, batch, pad_id, chunk)
-    else:
-        frozen_logprobs = lambda model: in_chunks(lambda b: token_logprobs(model, b), batch, chunk)
-    logp_sft = frozen_logprobs(sft)
-    if reward_model is None:
-        logp_pt = frozen_logprobs(pt)
-        reward = coherent_reward(logp_sft, logp_pt, batch.action_mask)
-    else:
-        logp_pt = torch.zeros_like(logp_sft)
-        reward = in_chunks(lambda b: reward_scores(reward_model, b), batch, chunk)
-    truncated = torch.tensor([g.truncated for g in gens], device=device)
-    return Scored(batch, logp_sft, logp_pt, reward, truncated)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from srppo.ppo.losses import masked_whiten
+from srppo.methods.ppo.losses import masked_whiten
 
 Estimator = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 _REGISTRY: dict[str, Estimator] = {}

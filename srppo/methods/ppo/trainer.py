@@ -20,18 +20,25 @@ from pathlib import Path
 
 import torch
 
-from srppo import distributed
-from srppo.data.chat import select_rows
+from srppo.data.batch import select_rows
 from srppo.data.records import DataError
-from srppo.distributed import Stepper
 from srppo.io import write_json
-from srppo.logprobs import token_logprobs
-from srppo.ppo.estimators import CRITIC_FREE
-from srppo.ppo.experience import (Experience, Scored, build_experience, critic_values, engine_logprobs, in_chunks,
-                                  logprob_gap, make_experience, score)
-from srppo.ppo.losses import masked_mean, policy_loss, value_loss
-from srppo.rewards import RewardNormalizer
+from srppo.methods.ppo.estimators import CRITIC_FREE
+from srppo.methods.ppo.experience import (
+    Experience,
+    build_experience,
+    critic_values,
+    engine_logprobs,
+    logprob_gap,
+    make_experience,
+)
+from srppo.methods.ppo.losses import masked_mean, policy_loss, value_loss
+from srppo.models.logprobs import token_logprobs
 from srppo.rollout.engine import SamplingParams
+from srppo.runtime import distributed
+from srppo.runtime.distributed import Stepper
+from srppo.scoring.rewards import RewardNormalizer
+from srppo.scoring.score import Scored, in_chunks, score
 
 
 class NumericError(RuntimeError):
@@ -70,7 +77,7 @@ class PPOTrainer:
     def __init__(self, roles: Roles, engine, tok, cfg, sampling: SamplingParams,
                  normalizer: RewardNormalizer, dump_dir: Path | None = None,
                  ds_actor: dict | None = None, ds_critic: dict | None = None, forward_batch_size: int | None = None):
-        """`ds_actor`/`ds_critic`: DeepSpeed configs (srppo.distributed) or None for plain torch.
+        """`ds_actor`/`ds_critic`: DeepSpeed configs (srppo.runtime.distributed) or None for plain torch.
 
         Every rank holds the whole buffer (a row-seeded engine samples 1/N of it per rank, others all
         of it; same seeds, same results) and scores all of it; each PPO mini-batch is split across

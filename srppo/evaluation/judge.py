@@ -123,7 +123,7 @@ def load_instructions(path: str, reference_field: str, limit: int | None) -> lis
 
 
 def judge_outputs(cfg, items: list[dict], outputs: list[dict], seed: int, progress=None) -> dict:
-    """`cfg` is params.eval.judge; `outputs` as from srppo.evaluate.generate_responses, in item order."""
+    """`cfg` is params.eval.judge; `outputs` as from srppo.evaluation.testbed_eval.generate_responses, in item order."""
     pairs = [{"instruction": it["instruction"], "reference": it["reference"], "output": out["response"]}
              for it, out in zip(items, outputs)]
     return win_rate(cfg.endpoint, cfg.model, pairs, seed, os.environ.get(cfg.api_key_env), progress)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from srppo.config import BaseConfig, RuntimeConfig
+from srppo.config.params import BaseConfig, RuntimeConfig
 
 # Tulu-v2's template, for base models whose tokenizer has none (Mistral-7B, Llama-3-8B base).
 TULU_TEMPLATE = (
@@ -158,6 +158,10 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, t
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # training/scoring forwards; generate turns it on itself
     return model
+
+
+def frozen(path, device, dtype):
+    return load_causal_lm(path, device, dtype, trainable=False).eval()
 
 
 def checkpoint_activations(model) -> None:

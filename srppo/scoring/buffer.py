@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from srppo.data.chat import collate
-from srppo.ppo.experience import Scored
+from srppo.data.batch import collate
+from srppo.scoring.score import Scored
 
 REQUIRED = ("prompt_ids", "response_ids", "truncated", "logp_sft", "logp_pt", "reward_raw")
 

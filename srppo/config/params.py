@@ -131,7 +131,7 @@ class SFTConfig(Section):
 
 
 class LoRAConfig(Section):
-    """Low-rank adapters instead of full fine-tuning (srppo/lora.py). With `enabled`, SFT trains an adapter on
+    """Low-rank adapters instead of full fine-tuning (srppo/models/lora.py). With `enabled`, SFT trains an adapter on
     p_PT and PPO keeps ONE copy of the base weights: p_PT = adapters off, p_SFT = the SFT adapter, actor and
     critic = their own adapters initialised from it. Read by the sft and ppo stages; needs the `lora` extra
     (peft), the hf engine and one process. Adapters usually want a larger sft.lr / ppo.actor_lr than full
@@ -247,7 +247,7 @@ class RolloutConfig(Section):
     n_buffers: int = Field(2, ge=1, description="Buffers written for critic warm-up (paper: 35).")
 
 
-# The estimators that need several samples per prompt; mirrors srppo.ppo.estimators.GROUPED so this
+# The estimators that need several samples per prompt; mirrors srppo.methods.ppo.estimators.GROUPED so this
 # module stays free of torch (tests keep the two equal).
 GROUP_ESTIMATORS = ("grpo", "rloo")
 
@@ -258,7 +258,7 @@ class PPOConfig(Section):
     reward_mode: Literal["sequence", "token"] = Field(
         "sequence", description="'sequence': Eq. (4), reward at EOS. 'token': Appendix E (length blow-up!).")
     estimator: Literal["gae", "grpo", "rloo", "reinforce_pp"] = Field(
-        "gae", description="Advantage estimator (srppo/ppo/estimators.py). 'gae': Eq. (5) with the critic, as in "
+        "gae", description="Advantage estimator (srppo/methods/ppo/estimators.py). 'gae': Eq. (5) with the critic, as in "
         "the paper. Critic-free, so no critic forward, update or warm-up (§5 names them as alternatives): "
         "'grpo' (group-normalised sequence return, arXiv 2402.03300), 'rloo' (leave-one-out baseline, "
         "arXiv 2402.14740), 'reinforce_pp' (REINFORCE++: discounted return-to-go whitened over the buffer, "
