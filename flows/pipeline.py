@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,6 +152,7 @@ def pipeline(
     graph = load_graph(root)
     chosen = select(graph, stages)
     run, use_remote = _prepare(root, graph, preset, as_dict(overrides), upstream, remote, record)
+    graph = load_graph(root)  # as regenerated for these params
     statuses: dict[str, str] = {}
     try:
         for name in chosen:
@@ -190,6 +192,8 @@ def _prepare(root: Path, graph: dict[str, Stage], preset: str | None, over: dict
         print("no DVC remote configured: outputs stay in this clone's cache (see docs/orchestration.md)")
     if write_params(root, params, preset, over):
         print(f"params.yaml written from preset={preset or 'params.yaml'} with overrides {json.dumps(over)}")
+        # the local files these params name are dependencies of the stages that read them
+        dvcops.sh([sys.executable, "tools/dvc_pipelines.py"], root, print)
     if upstream:  # results computed elsewhere: DVC skips the stages they cover, pulling only inputs
         merge_lock(root, {name: entry for name, entry in upstream.items() if name in graph})
     ensure_gpu_limit()

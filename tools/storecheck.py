@@ -11,8 +11,8 @@ file it lists is there too (DVC's remote index), so a lost or corrupt file insid
 never pushed again. `repair` removes corrupt objects, the manifests that list a missing or corrupt
 object and stale temporary files; the next `dvc push` (or `dvc pull`) then transfers them anew.
 
-    python -m flows.storecheck                   # the default remote and the cache of this repository
-    python -m flows.storecheck --remote shared --repair
+    python -m tools.storecheck                   # the default remote and the cache of this repository
+    python -m tools.storecheck --remote shared --repair
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _stores(repo: Path, remote: str | None) -> list[tuple[Path, bool]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.storecheck", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.storecheck", description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=Path("."))
     ap.add_argument("--remote", help="DVC remote name (default: the repository's default remote)")
     ap.add_argument("--repair", action="store_true", help="delete corrupt objects, their manifests, stale temp files")
