@@ -4,7 +4,7 @@ Real DVC repositories on generated files (no models): a push into a local-direct
 from it into a fresh clone, each killed (the whole process group) while a 16 MB object is half copied;
 then the same over S3 (moto on 127.0.0.1). After the kill every stored object hashes to its name,
 `dvc status -c` names exactly what is missing, and a rerun completes to a remote or cache that verifies
-and reproduces the files bit for bit. `flows.storecheck` cleans up what DVC leaves behind.
+and reproduces the files bit for bit. `tools.storecheck` cleans up what DVC leaves behind.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 from conftest import ROOT
 from test_flows_support import AWS, moto_s3, run, s3_client
 
-from flows.storecheck import repair_store, verify_store
+from tools.storecheck import repair_store, verify_store
 
 BIG = 16 << 20  # long enough to copy that the kill lands inside it
 N_SMALL, N_BIG = 150, 3
@@ -153,7 +153,7 @@ def test_killed_push_to_a_local_remote_leaves_only_whole_objects(tmp_path):
     # c) a rerun completes; DVC leaves the killed copy's temporary file, which the store check removes
     dvc(["push", "-q"], repo)
     assert status_cloud(repo) == {}
-    check = [sys.executable, "-m", "flows.storecheck", "--repo", str(repo), "--stale-after", "0"]
+    check = [sys.executable, "-m", "tools.storecheck", "--repo", str(repo), "--stale-after", "0"]
     found = subprocess.run(check, cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert found.returncode == (1 if report.temp else 0), found.stdout + found.stderr
     assert f"0 corrupt, 0 incomplete directory manifests, {len(report.temp)} stale" in found.stdout

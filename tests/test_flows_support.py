@@ -72,6 +72,7 @@ def make_repo(path: Path, tiny_dir: Path) -> Path:
     The clone keeps the repository's default DVC remote (`sibling-dir`, a directory beside the clone)."""
     full_clone(path)
     (path / "params.yaml").write_text(dump_params(validate(tiny_smoke_params(tiny_dir))))
+    run([sys.executable, "tools/dvc_pipelines.py"], path)  # the tiny model's directory becomes base's input
     run(["git", "commit", "-qam", "smoke preset on the tiny model"], path)
     return path
 

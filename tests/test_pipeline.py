@@ -7,6 +7,7 @@ code path as a hub id), so this runs in about a minute on two cores.
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -37,6 +38,7 @@ def make_repo(repo, base_dir, override: dict | None = None):
     preset = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     params = apply_preset_dict(deep_merge(deep_merge(preset, base), override or {}))
     (repo / "params.yaml").write_text(dump_params(params))
+    run([sys.executable, "tools/dvc_pipelines.py"], repo)  # the local model directory becomes base's input
     run(["git", "commit", "-qam", "smoke preset"], repo)
     return repo
 
@@ -105,3 +107,11 @@ def test_full_repro_then_noop_then_only_ppo_and_eval(reproduced_smoke, tmp_path)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run(["dvc", "repro"], repo)
     assert stages_run(third) == {"ppo", "eval"}
+
+
+def test_a_one_line_edit_to_any_module_reruns_exactly_the_stages_that_import_it(reproduced_smoke, tmp_path):
+    from test_dvc_pipelines import assert_edits_rerun_exactly_their_stages
+    from test_flows_support import copy_repo
+
+    repo = copy_repo(reproduced_smoke[0], tmp_path / "repo")
+    assert assert_edits_rerun_exactly_their_stages(repo, repo) > 40
