@@ -84,3 +84,9 @@ def test_noop_then_metrics_diff_between_two_runs(grid_repo):
                                     capture_output=True, text=True, check=True).stdout)
     before = old["data_filter"]["minimum"]["sft_filtered"]["Average"]
     assert changed["data_filter.minimum.sft_filtered.Average"] == {"old": before, "new": None}
+
+
+def test_a_one_line_edit_to_any_module_reruns_exactly_the_grid_stages_that_import_it(grid_repo):
+    from test_dvc_pipelines import assert_edits_rerun_exactly_their_stages
+
+    assert assert_edits_rerun_exactly_their_stages(grid_repo / "comparison", grid_repo) > 40
