@@ -32,13 +32,23 @@ from workloads import (  # noqa: E402
     BASE_DIR,
     NORM,
     SFT_DIR,
-    _timed,
     bench_prompts,
     machine,
     n_params,
     ppo_setup,
     summarise,
 )
+
+
+def _timed(fn, bucket: dict, key: str):
+    """Wrap `fn` to add its wall seconds to bucket[key]: TRL's phases, timed from outside its trainer."""
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            bucket[key] = bucket.get(key, 0.0) + time.perf_counter() - t
+    return wrapper
 
 
 def coherent_reward_fn(tok, sft, pt, normalizer, max_new: int):

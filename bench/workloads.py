@@ -8,7 +8,7 @@
 
 `bench/run.py` starts each in its own process under `/usr/bin/time -v`, so the peak RSS of one
 workload is not hidden by an earlier one and a crash in one does not lose the others. Every workload
-calls the library itself (train_sft, PPOTrainer, the rollout engines); nothing here re-implements it.
+calls the library itself (train_sft, run_ppo, the rollout engines); nothing here re-implements it.
 """
 
 from __future__ import annotations
@@ -164,12 +164,17 @@ def run_rollout(quick: bool) -> dict:
 
 
 # -- (a, c, d) SRPPO PPO iterations ---------------------------------------------------------------
+def iteration_rows(k: int, per_iter: int) -> slice:
+    """The prompts of iteration k, the same for srppo and TRL: rows k*n .. (k+1)*n-1 of the prompt file."""
+    return slice(k * per_iter, (k + 1) * per_iter)
+
+
 def bench_prompts(n_iters: int, per_iter: int) -> list[list[dict]]:
-    """The same fixed prompt records per iteration for srppo and TRL: rows k*n .. (k+1)*n-1."""
+    """The prompt records of each iteration (`iteration_rows`), as TRL's run takes them."""
     from srppo.data.records import read_jsonl
 
     records = read_jsonl(PROMPTS)
-    return [records[k * per_iter:(k + 1) * per_iter] for k in range(n_iters)]
+    return [records[iteration_rows(k, per_iter)] for k in range(n_iters)]
 
 
 def ppo_setup(quick: bool, estimator: str) -> dict:
@@ -181,24 +186,14 @@ def ppo_setup(quick: bool, estimator: str) -> dict:
             "max_new_tokens": max_new, "iterations": iters, "mini_batch_size": buffer // 2}
 
 
-def _timed(fn, bucket: dict, key: str):
-    """Wrap `fn` to add its wall seconds to bucket[key]: splits the trainer's phases further."""
-    def wrapper(*args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            bucket[key] = bucket.get(key, 0.0) + time.perf_counter() - t
-    return wrapper
-
-
 def fresh_adapter_dir(out: Path) -> Path:
-    """An SFT output holding a fresh LoRA adapter on p_PT (the default rank), for timing and memory: an
-    untrained adapter costs what a trained one does."""
+    """An SFT output holding a fresh LoRA adapter on p_PT (the default rank) next to p_SFT's tokenizer and
+    config, for timing and memory: an untrained adapter costs what a trained one does."""
     from srppo.config.params import LoRAConfig
     from srppo.models.loading import load_causal_lm
     from srppo.models.lora import ADAPTER_DIR, add_adapter
 
+    shutil.copytree(SFT_DIR, out, ignore=shutil.ignore_patterns("*.safetensors"), dirs_exist_ok=True)
     add_adapter(load_causal_lm(BASE_DIR, torch.device("cpu"), torch.float32), LoRAConfig()).save_pretrained(
         out / ADAPTER_DIR)
     return out
@@ -211,56 +206,42 @@ VARIANTS = {"default": {}, "knobs-off": {"ppo": {"logp_old": "actor", "group_by_
 
 
 def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
-    """PPOTrainer.iteration as the ppo stage builds it (`ppo_roles`: actor, critic, frozen p_SFT and p_PT,
-    or their LoRA views; the calibrated normaliser, the hf engine); the first iteration is a warm-up."""
+    """The ppo stage's own library call, `run_ppo` (`ppo_roles`: actor, critic, frozen p_SFT and p_PT, or their
+    LoRA views; the calibrated normaliser, the hf engine), on fixed prompt batches (`iteration_rows`, through its
+    `stream` hook) with no critic warm-up, no checkpoints and no length guard; the first iteration is a
+    warm-up. Each iteration's phases are the ones the library times (PPOTrainer.seconds)."""
     import tempfile
 
     from srppo.config.params import Params, deep_merge
-    from srppo.data.batch import encode_prompt
-    from srppo.io import read_json
-    from srppo.methods.ppo import trainer as tr
-    from srppo.methods.ppo.roles import ppo_roles, recompute_activations
-    from srppo.models.loading import load_tokenizer, setup_runtime
-    from srppo.rollout.sampling import rollout_engine, sampling_params
-    from srppo.scoring.rewards import RewardNormalizer
+    from srppo.methods.ppo.roles import recompute_activations
+    from srppo.methods.ppo.run import PPOInputs
+    from srppo.methods.ppo.run import run_ppo as library_run_ppo
+    from srppo.models.loading import setup_runtime
 
     shape = ppo_setup(quick, estimator)
     params = Params.model_validate(deep_merge({
         "runtime": {"device": "cpu"},
         "ppo": {"estimator": estimator, "group_size": shape["group_size"], "mini_batch_size": shape["mini_batch_size"],
-                "checkpoint_every": 0},
+                "iterations": shape["iterations"], "critic_warmup_buffers": 0, "checkpoint_every": 0,
+                "length_guard": 1e9},  # every iteration is measured, whatever the lengths do
         "rollouts": {"max_new_tokens": shape["max_new_tokens"], "buffer_size": shape["buffer"]}}, VARIANTS[variant]))
-    cfg, rcfg = params.ppo, params.rollouts
     dev, dt = setup_runtime(params.runtime, return_freed_memory=True)  # as the stage does: seeds, allocator settings
-    tok = load_tokenizer(SFT_DIR)
-    sft_dir = fresh_adapter_dir(Path(tempfile.mkdtemp(prefix="srppo-bench-lora-"))) if params.lora.enabled else SFT_DIR
-    roles, _ = ppo_roles(params, BASE_DIR, sft_dir, dev, dt)
-    if sft_dir != SFT_DIR:
-        shutil.rmtree(sft_dir)  # the adapter is loaded: its temporary directory is not needed any more
-    engine = rollout_engine(rcfg, roles.actor, tok, SFT_DIR, 0, dt)
-    trainer = tr.PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
-                            RewardNormalizer.from_dict(read_json(NORM)), forward_batch_size=rcfg.score_batch_size)
-    # finer phases: scoring (p_SFT + p_PT forwards) vs actor/critic no-grad forwards, actor vs critic updates
-    split: dict[str, float] = {}
-    tr.score = _timed(tr.score, split, "score")
-    tr.make_experience = _timed(tr.make_experience, split, "actor_critic_forward")
-    trainer._actor_step = _timed(trainer._actor_step, split, "train_actor")
-    trainer._critic_step = _timed(trainer._critic_step, split, "train_critic")
+    # the prompt file's rows in order, `iteration_rows` per iteration (TRL's run takes the same), episode 0
+    fixed = lambda prompts, start: ((0, prompts[iteration_rows(k, shape["prompts_per_iter"])])
+                                    for k in range(start, shape["iterations"]))
+    with tempfile.TemporaryDirectory(prefix="srppo-bench-lora-") as tmp:
+        sft_dir = fresh_adapter_dir(Path(tmp)) if params.lora.enabled else SFT_DIR
+        run = library_run_ppo(params, PPOInputs(BASE_DIR, sft_dir, PROMPTS, NORM, rollouts=None), dev, dt, stream=fixed)
     rows = []
-    for batch in bench_prompts(shape["iterations"], shape["prompts_per_iter"]):
-        split.clear()
-        t = time.perf_counter()
-        row = trainer.iteration([encode_prompt(tok, r["messages"]) for r in batch])
-        seconds = time.perf_counter() - t
+    for row, phase in zip(run.ppo_rows, run.iteration_seconds):
         # tokens_per_s = attention-mask tokens (prompt + response, all rows) / iteration seconds
-        rows.append({"seconds": seconds, "tokens": row["tokens_per_s"] * seconds,
+        rows.append({"seconds": phase["total"], "tokens": row["tokens_per_s"] * phase["total"],
                      "response_tokens": row["response_length"] * shape["buffer"], "tokens_per_s": row["tokens_per_s"],
-                     "generate": row["time_generate"], "score": split.get("score", 0.0),
-                     "actor_critic_forward": split.get("actor_critic_forward", 0.0),
-                     "train_actor": split.get("train_actor", 0.0), "train_critic": split.get("train_critic", 0.0),
-                     "train": row["time_train"]})
-    model = roles.actor._shared.model if params.lora.enabled else roles.actor  # the whole network either way
-    return {**shape, "variant": variant, "params": n_params(model), "trainable_params": n_params(roles.actor),
+                     "generate": phase["generate"], "score": phase["score"], "actor_critic_forward": phase["forward"],
+                     "train_actor": phase["train_actor"], "train_critic": phase["train_critic"], "train": phase["train"]})
+    actor = run.roles.actor
+    model = actor._shared.model if params.lora.enabled else actor  # the whole network either way
+    return {**shape, "variant": variant, "params": n_params(model), "trainable_params": n_params(actor),
             "recompute_activations": recompute_activations(params),
             "warmup": rows[0], "iters": rows[1:],
             **summarise(rows[1:])}

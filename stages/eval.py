@@ -1,12 +1,18 @@
 """Stage `eval`: the models (pretrained, SFT, SRPPO; baselines in the comparison grid) on the eval sets.
 
 usage: python stages/eval.py EVAL_JSONL OUT_DIR METRICS_JSON REPORT_JSON NAME=MODEL_DIR [NAME=MODEL_DIR ...]
+                             [--cache-dir CACHE_DIR]
 `eval.models` picks which of the named models are evaluated, in its order. METRICS_JSON holds each model's
 headline scores (and its lm-eval and judge scores when configured); REPORT_JSON adds EOS rate, counts and the
 per-family breakdown.
+CACHE_DIR keeps what is worth keeping between runs: nltk's Punkt model for IFEval-style checks
+(CACHE_DIR/nltk_data, built once when it cannot be downloaded) and lm-eval's task files (CACHE_DIR/lm_eval).
+dvc.yaml passes data/cache/eval and does not declare it as an output: what it holds never changes a result,
+only how long the first run takes. Without --cache-dir these live in a temporary directory the run deletes.
 """
 
 import sys
+import tempfile
 from pathlib import Path
 
 from srppo.data.records import read_jsonl, write_jsonl
@@ -35,6 +41,16 @@ def judged_win_rate(cfg, engine, tok, items: list[dict], seed: int) -> dict:
         return judge_outputs(cfg, items, outputs, seed, progress=bar)
 
 
+def cache_dir_option(args: list[str]) -> tuple[str | None, list[str]]:
+    """`--cache-dir DIR` taken out of the arguments after REPORT_JSON: (DIR or None, the NAME=MODEL_DIR pairs)."""
+    if "--cache-dir" not in args:
+        return None, args
+    i = args.index("--cache-dir")
+    if i + 1 == len(args):
+        raise SystemExit("eval: --cache-dir needs a directory")
+    return args[i + 1], args[:i] + args[i + 2:]
+
+
 def model_paths(pairs: list[str], wanted: list[str]) -> dict[str, str]:
     given = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
     if len(given) != len(pairs) or not set(wanted) <= set(given):
@@ -52,16 +68,26 @@ def summary(result: dict) -> dict:
     return out
 
 
-def main(eval_path, out_dir, metrics_path, report_path, *pairs) -> None:
+def main(eval_path, out_dir, metrics_path, report_path, *args) -> None:
     params = load()
+    cache, pairs = cache_dir_option(list(args))
+    paths = model_paths(pairs, params.eval.models)
+    if cache is None:  # nothing declared to keep: the caches live and die with this run
+        with tempfile.TemporaryDirectory(prefix="srppo-eval-cache-") as tmp:
+            evaluate(params, eval_path, out_dir, metrics_path, report_path, paths, Path(tmp))
+        return
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    evaluate(params, eval_path, out_dir, metrics_path, report_path, paths, Path(cache))
+
+
+def evaluate(params, eval_path, out_dir, metrics_path, report_path, paths: dict[str, str], cache: Path) -> None:
     cfg = params.eval
-    paths = model_paths(list(pairs), cfg.models)
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("eval")
     items = read_jsonl(eval_path)
     ifeval_prompts = [c["prompt"] for it in items for c in it["checks"] if c.get("kind") == "ifeval" and "prompt" in c]
     if ifeval_prompts:  # IFEval's checkers count sentences with nltk's Punkt: make sure it is there, offline
-        log("eval", f"punkt_tab: {ensure_punkt_tab(Path('data/cache/nltk_data').resolve(), ifeval_prompts)}")
+        log("eval", f"punkt_tab: {ensure_punkt_tab((cache / 'nltk_data').resolve(), ifeval_prompts)}")
     first = paths[cfg.models[0]]  # all roles share the tokenizer and context
     prompt_ids(load_tokenizer(first), items, eval_path, cfg.max_new_tokens, context_length(first))
     out = Path(out_dir)
@@ -86,7 +112,7 @@ def main(eval_path, out_dir, metrics_path, report_path, *pairs) -> None:
         rows_all += [{"model": name, **r} for r in rows]
         log("eval", f"{name}: strict {results[name]['strict_acc']}, arithmetic {results[name]['arithmetic_em']}")
     with timer.phase("lm-eval benchmarks"):
-        bench = run_benchmarks(cfg.benchmarks, {n: paths[n] for n in cfg.models}, Path("data/cache/lm_eval"),
+        bench = run_benchmarks(cfg.benchmarks, {n: paths[n] for n in cfg.models}, cache / "lm_eval",
                                device.type, params.runtime.dtype, params.runtime.seed, lambda m: log("eval", m))
     for name, per_task in bench.items():
         results[name]["benchmarks"] = per_task

@@ -16,7 +16,8 @@ from srppo.config.params import PPOConfig
 from srppo.data.batch import encode_prompt
 from srppo.data.records import DataError, read_jsonl, write_jsonl
 from srppo.io import atomic_dir, write_json
-from srppo.methods.ppo.trainer import NumericError, PPOTrainer, Roles, prompt_stream
+from srppo.methods.ppo.run import prompt_stream
+from srppo.methods.ppo.trainer import NumericError, PPOTrainer, Roles
 from srppo.models.loading import (
     ModelError,
     check_tokenizer,

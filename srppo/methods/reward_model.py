@@ -4,25 +4,31 @@ The paper's point of comparison: PPO driven by an independent preference reward 
 coherent reward. Any sequence-classification model can serve (`reward.model_path`); for the embedded
 testbed this module trains one. p_SFT answers each demonstration prompt a few times, the testbed's
 exact checkers rank the answers (and the demonstration), and a model initialised from p_SFT learns
-P(a > b) = sigmoid(r(a) - r(b)) on every pair the checkers separate. Loading and scoring with a reward
-model is srppo/scoring/reward_model.py.
+P(a > b) = sigmoid(r(a) - r(b)) on every pair the checkers separate. A tenth of the prompts is held out
+to report how often the model agrees with the labels. `run_reward_model` is the `reward_model` stage's
+one library call; loading and scoring with a reward model is srppo/scoring/reward_model.py.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from srppo.data.batch import collate, encode_response
-from srppo.data.records import DataError
+from srppo.data.records import DataError, read_jsonl
 from srppo.methods.pairwise import pair_epochs
-from srppo.rollout.engine import Generation
+from srppo.methods.sft import demos_within_max_len
+from srppo.models.loading import context_length, frozen, load_tokenizer
+from srppo.rollout.engine import Generation, SamplingParams
+from srppo.rollout.sampling import prompt_ids, rollout_engine
 from srppo.runtime.distributed import adamw
-from srppo.scoring.reward_model import reward_scores
+from srppo.runtime.stage import Timer, log, progress
+from srppo.scoring.reward_model import load_reward_model, reward_scores
 from srppo.testbed import check_response
 
 
@@ -98,12 +104,19 @@ def pair_accuracy(model, tok, pairs: list[tuple], batch_size: int, device) -> fl
 
 def train_reward_model(model, tok, pairs: list[tuple], cfg, seed: int,
                        on_step: Callable[[dict], None] | None = None) -> list[dict]:
-    """Bradley-Terry epochs over the pairs (AdamW, constant rate, gradient clipping)."""
+    """Bradley-Terry epochs over the pairs (AdamW, constant rate, gradient clipping); one row per step,
+    numbered from 1, which `on_step(row)` sees as the step ends."""
     device = next(model.parameters()).device
     optimizer = adamw(model.parameters(), cfg.lr, 0.0)
     loss_of = lambda idx: bradley_terry_loss(*pair_scores(model, tok, [pairs[i] for i in idx], device))
-    history = pair_epochs(model, optimizer, len(pairs), cfg, seed, loss_of, "reward_model", on_step)
-    return [{"step": i + 1, **row} for i, row in enumerate(history)]
+    history: list[dict] = []
+
+    def step_row(metrics: dict) -> None:
+        history.append({"step": len(history) + 1, **metrics})
+        if on_step:
+            on_step(history[-1])
+    pair_epochs(model, optimizer, len(pairs), cfg, seed, loss_of, "reward_model", step_row)
+    return history
 
 
 def save_reward_model(model, tok, out_dir: Path, info: dict) -> None:
@@ -115,3 +128,77 @@ def save_reward_model(model, tok, out_dir: Path, info: dict) -> None:
     model.config.pad_token_id = tok.pad_token_id
     save_pretrained(model, tok, out_dir)
     (Path(out_dir) / "reward_model.json").write_text(json.dumps(info, indent=2))
+
+
+def sample_answers(params, tok, sft_dir, prompts: list[list[int]], device, dtype, bar=None) -> list[list[Generation]]:
+    """`samples_per_prompt` p_SFT answers per prompt (adjacent rows), grouped back per prompt."""
+    cfg = params.reward_model
+    policy = frozen(sft_dir, device, dtype)
+    engine = rollout_engine(params.rollouts, policy, tok, sft_dir, params.runtime.seed, dtype)
+    k = cfg.samples_per_prompt
+    gens = engine.generate([p for p in prompts for _ in range(k)],
+                           SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature), progress=bar)
+    engine.close()
+    return [gens[i * k : (i + 1) * k] for i in range(len(prompts))]
+
+
+def heldout_split(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) prompt indices, each in one seeded shuffled order: a tenth held out, at least one."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, n // 10)])
+    return [i for i in order if i not in held], [i for i in order if i in held]
+
+
+@dataclass
+class RewardModelResult:
+    model: torch.nn.Module  # the trained Bradley-Terry reward model
+    tokenizer: object
+    history: list[dict]     # every training step's row, numbered from 1
+    info: dict              # pair counts, held-out pair accuracy before and after training, final loss
+
+
+def run_reward_model(params, sft_dir: str | Path, demos_path: str | Path, device, dtype, *,
+                     timer: Timer | None = None, on_step: Callable[[dict], None] | None = None) -> RewardModelResult:
+    """The RM-PPO baseline's reward model from p_SFT: p_SFT's answers to the demonstration prompts, ranked
+    into preference pairs (the checkers, or the demonstration first), a held-out tenth of the prompts, and
+    Bradley-Terry training with params' `reward_model` section.
+
+    `timer` gets the sampling and training phases (a fresh "reward_model" one if None); `on_step(row)` sees
+    each training step's row as the step ends.
+    """
+    cfg, seed = params.reward_model, params.runtime.seed
+    timer = timer or Timer("reward_model")
+    tok = load_tokenizer(sft_dir)
+    records = read_jsonl(demos_path)
+    prompt_ids(tok, records, demos_path, cfg.max_new_tokens, context_length(sft_dir))  # every row checked
+    if cfg.include_demos or cfg.preferences == "demonstrations":  # SFT's length policy: pairs train in batches
+        records = demos_within_max_len(tok, records, params.sft.max_len, demos_path, params.sft.overlength,
+                                       lambda msg: log("reward_model", msg))
+    if cfg.n_prompts and cfg.n_prompts < len(records):
+        records = random.Random(seed).sample(records, cfg.n_prompts)
+    prompts = prompt_ids(tok, records)
+    with timer.phase("sample answers"), progress(len(prompts) * cfg.samples_per_prompt, "rm answers") as bar:
+        answers = sample_answers(params, tok, sft_dir, prompts, device, dtype, bar)
+    pick = lambda idx: [[x[i] for i in idx] for x in (records, prompts, answers)]
+    train_idx, test_idx = heldout_split(len(records), seed)
+    train = preference_pairs(*pick(train_idx), tok, cfg, seed, demos_path)
+    test = preference_pairs(*pick(test_idx), tok, cfg, seed, demos_path)
+    if not train:
+        raise DataError(f"reward_model: the labels separate no pair of answers in {demos_path}: nothing to learn")
+    log("reward_model", f"{len(train)} training pairs, {len(test)} held-out pairs")
+    model = load_reward_model(sft_dir, device, dtype, trainable=True)
+    before = pair_accuracy(model, tok, test, cfg.batch_size, device)
+    with timer.phase(f"train on {len(train)} pairs"), \
+            progress(-(-len(train) // cfg.batch_size) * cfg.epochs, "reward model", "step") as bar:
+        def step_row(row: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['rm_loss']:.3f}", acc=f"{row['rm_accuracy']:.2f}")
+            if on_step:
+                on_step(row)
+        history = train_reward_model(model, tok, train, cfg, seed, step_row)
+    after = pair_accuracy(model, tok, test, cfg.batch_size, device)
+    log("reward_model", f"held-out pair accuracy {before} -> {after}")
+    info = {"train_pairs": len(train), "heldout_pairs": len(test), "heldout_accuracy_before": before,
+            "heldout_accuracy": after, "final_loss": history[-1]["rm_loss"]}
+    return RewardModelResult(model, tok, history, info)

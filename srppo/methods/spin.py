@@ -3,19 +3,30 @@
 SPIN is DPO (Rafailov et al., arXiv 2305.18290) on synthetic pairs: the demonstration is always the
 chosen response, the model's own sample for the same prompt the rejected one, and the previous
 iterate plays the opponent, i.e. DPO's reference. The paper's objection (§1): that preference is
-assumed, never checked, and only demonstration prompts can be used.
+assumed, never checked, and only demonstration prompts can be used. `run_spin` is the `spin` stage's
+one library call.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from srppo.data.batch import collate
+from srppo.data.records import read_jsonl
 from srppo.methods.pairwise import pair_epochs
+from srppo.methods.sft import encode_demos
+from srppo.models.loading import frozen, load_causal_lm, load_tokenizer
 from srppo.models.logprobs import sequence_logprob, token_logprobs
+from srppo.rollout.engine import SamplingParams
+from srppo.rollout.sampling import rollout_engine
+from srppo.runtime.distributed import adamw
+from srppo.runtime.stage import Timer, log, progress
 
 
 def spin_loss(policy_chosen_logp: torch.Tensor, policy_rejected_logp: torch.Tensor,
@@ -76,3 +87,57 @@ def train_spin_iteration(model, ref, tok, pairs: list[tuple], cfg, optimizer, se
         return spin_loss(pc, pr, ref_chosen[idx], ref_rejected[idx], cfg.beta)
 
     return pair_epochs(model, optimizer, len(pairs), cfg, seed, loss_of, "spin", on_step)
+
+
+@dataclass
+class SpinResult:
+    model: torch.nn.Module    # the last iterate
+    tokenizer: object
+    history: list[dict]       # every DPO step in order: {step (one counter over iterations), iteration, metrics}
+    pairs_per_iteration: int  # the demonstrations kept (sft.max_len, sft.overlength), one pair each
+
+
+def run_spin(params, sft_dir: str | Path, demos_path: str | Path, device, dtype, *, timer: Timer | None = None,
+             on_step: Callable[[dict], None] | None = None) -> SpinResult:
+    """SPIN from p_SFT: `spin.iterations` rounds of sampling a rejected answer to every demonstration prompt
+    with the current iterate, then DPO epochs against the previous iterate (p_SFT itself in round 0).
+
+    `timer` gets each round's sampling and DPO phases (a fresh "spin" one if None); `on_step(row)` sees
+    each DPO step's history row as the step ends.
+    """
+    cfg, seed = params.spin, params.runtime.seed
+    timer = timer or Timer("spin")
+    tok = load_tokenizer(sft_dir)
+    encoded = encode_demos(tok, read_jsonl(demos_path), params.sft.max_len, demos_path, params.sft.overlength,
+                           lambda msg: log("spin", msg))
+    model = load_causal_lm(sft_dir, device, dtype, trainable=True)
+    opponent = frozen(sft_dir, device, dtype)  # iteration 0 plays against p_SFT itself
+    engine = rollout_engine(params.rollouts, model, tok, sft_dir, seed, dtype)
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    history: list[dict] = []
+    for it in range(cfg.iterations):
+        with timer.phase(f"iteration {it}: sample {len(encoded)} rejected answers"), \
+                progress(len(encoded), f"spin {it} samples") as bar:
+            if it:
+                engine.sync_weights(model)  # the current iterate writes the rejected answers
+            pairs = spin_pairs(engine, encoded, sampling, progress=bar)
+        with timer.phase(f"iteration {it}: DPO"), progress(-(-len(pairs) // cfg.batch_size) * cfg.epochs,
+                                                            f"spin {it}", "step") as bar:
+            optimizer = adamw(model.parameters(), cfg.lr, 0.0)
+            train_spin_iteration(model, opponent, tok, pairs, cfg, optimizer, seed + it,
+                                 _recorder(history, it, bar, on_step))
+        log("spin", f"iteration {it}: loss {history[-1]['spin_loss']:.3f}, margin {history[-1]['reward_margin']:.3f}")
+        opponent = copy.deepcopy(model).eval().requires_grad_(False)  # the next opponent: this iterate
+    engine.close()
+    return SpinResult(model, tok, history, len(encoded))
+
+
+def _recorder(history: list[dict], iteration: int, bar, on_step) -> Callable[[dict], None]:
+    """A DPO step's metrics -> a history row numbered on one counter over all iterations, shown and handed on."""
+    def record(metrics: dict) -> None:
+        history.append({"step": len(history) + 1, "iteration": iteration, **metrics})
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['spin_loss']:.3f}", acc=f"{metrics['reward_accuracy']:.2f}")
+        if on_step:
+            on_step(history[-1])
+    return record

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from srppo.io import atomic_dir, read_json, write_json
+from srppo.runtime.stage import beside_output
 
 FULL_HASH_LIMIT = 64 << 20  # files above this are fingerprinted by size + first/last MiB: stays cheap at 7B
 
@@ -125,7 +126,8 @@ class Checkpointer:
 
 def stage_checkpointer(out_dir: str | Path, params, sections: list[str], inputs: list, every: int,
                        log: Callable[[str], None]) -> Checkpointer:
-    """`data/<stage>` -> `data/checkpoints/<stage>`: next to the outputs, but not one of them.
+    """A checkpointer in `data/checkpoints/<stage>` for the output `data/<stage>`: derived from the declared
+    output (srppo.runtime.stage.beside_output), next to it but not part of it.
 
     `checkpoint_every` is left out of the fingerprint: it changes when checkpoints are made, not what.
     """
@@ -136,5 +138,4 @@ def stage_checkpointer(out_dir: str | Path, params, sections: list[str], inputs:
         chosen[s] = dump[section][key] if key else dump[section]
         if isinstance(chosen[s], dict):
             chosen[s] = {k: v for k, v in chosen[s].items() if k != "checkpoint_every"}
-    out = Path(out_dir)
-    return Checkpointer(out.parent / "checkpoints" / out.name, fingerprint(chosen, inputs), every, log)
+    return Checkpointer(beside_output(out_dir, "checkpoints"), fingerprint(chosen, inputs), every, log)

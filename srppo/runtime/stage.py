@@ -78,6 +78,15 @@ def training_config(runtime, micro_batch: int, grad_accum: int, max_grad_norm: f
     return deepspeed_config(runtime.deepspeed_config, micro_batch, grad_accum, max_grad_norm, dtype, lr)
 
 
+def beside_output(out_dir: str | Path, kind: str) -> Path:
+    """`data/<stage>` -> `data/<kind>/<stage>`: where a stage keeps what is not one of its outputs
+    (`checkpoints`, a NaN `debug` dump), derived from its declared output so that every path still comes
+    from dvc.yaml. Beside the output, never inside: DVC deletes declared outputs before a run, and an
+    output is written whole or not at all."""
+    out = Path(out_dir)
+    return out.parent / kind / out.name
+
+
 def checkpoint_interval(runtime, every: int, stage: str) -> int:
     # ZeRO shards weights and optimizer states across ranks: our single-file checkpoints cannot hold them
     if runtime.deepspeed_config and every:

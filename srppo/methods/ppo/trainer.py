@@ -1,9 +1,10 @@
-"""The PPO loop of Algorithm 2 with the critic warm-up of §4.1.
+"""One PPO iteration of Algorithm 2, and one critic warm-up buffer of §4.1 (the run around them, with
+its guards and checkpoints, is run.py).
 
-Phases per iteration (each timed): generate -> score (p_SFT, p_PT) -> make experience (actor,
-critic) -> PPO epochs over mini-batches (actor and critic). The warm-up trains only the critic, on
-buffers sampled from p_SFT by the `rollouts` stage: the actor equals p_SFT then, so its log-probs
-and the KL term need no extra forward.
+Phases per iteration (each timed, `PPOTrainer.seconds`): generate -> score (p_SFT, p_PT) -> make
+experience (actor, critic) -> PPO epochs over mini-batches (actor and critic). The warm-up trains only
+the critic, on buffers sampled from p_SFT by the `rollouts` stage: the actor equals p_SFT then, so its
+log-probs and the KL term need no extra forward.
 
 With `ppo.group_size` > 1 every prompt is sampled that many times (adjacent rows). A critic-free
 estimator (grpo, rloo, reinforce_pp) drops the critic from all three places: no forward, no update,
@@ -12,17 +13,14 @@ no warm-up.
 
 from __future__ import annotations
 
-import math
-import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from srppo.data.batch import select_rows
-from srppo.data.records import DataError
-from srppo.io import write_json
 from srppo.methods.ppo.estimators import CRITIC_FREE
 from srppo.methods.ppo.experience import (
     Experience,
@@ -73,6 +71,12 @@ def _check_finite(name: str, value: torch.Tensor, exp: Experience, dump_dir: Pat
     raise NumericError(f"non-finite {name} ({value.flatten()[:8].tolist()}...){where}")
 
 
+# What `PPOTrainer.seconds` holds after an iteration (seconds each): the engine's weight sync, sampling,
+# the reward's p_SFT and p_PT forwards, the actor's (and critic's) no-grad forwards, the actor's and the
+# critic's optimizer steps, the whole update phase, and the iteration.
+ITERATION_PHASES = ("weight_sync", "generate", "score", "forward", "train_actor", "train_critic", "train", "total")
+
+
 class PPOTrainer:
     def __init__(self, roles: Roles, engine, tok, cfg, sampling: SamplingParams,
                  normalizer: RewardNormalizer, dump_dir: Path | None = None,
@@ -96,6 +100,15 @@ class PPOTrainer:
         # grpo / rloo / reinforce_pp: no critic forward, update or warm-up (the critic just rides along)
         self.critic_free = cfg.estimator in CRITIC_FREE
         self._gap_pending = False  # set when logp_old came from the engine and is not yet checked
+        self.seconds = dict.fromkeys(ITERATION_PHASES, 0.0)  # the last iteration's phases (ITERATION_PHASES)
+
+    @contextmanager
+    def _timed(self, phase: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t
 
     # -- critic warm-up ---------------------------------------------------------------------
     def warmup_critic(self, scored: Scored) -> dict:
@@ -108,6 +121,9 @@ class PPOTrainer:
 
     # -- one PPO iteration --------------------------------------------------------------------
     def iteration(self, prompts: list[list[int]]) -> dict:
+        """Sample, score and learn from one buffer; the row of metrics it logs. Its phases' seconds are
+        left in `self.seconds` (ITERATION_PHASES) until the next iteration."""
+        self.seconds = dict.fromkeys(ITERATION_PHASES, 0.0)
         t0 = time.perf_counter()
         sync_s = 0.0
         if self.actor_changed:
@@ -116,14 +132,16 @@ class PPOTrainer:
         prompts, groups = repeat_prompts(prompts, self.cfg.group_size, self.device)
         gens = distributed.generate_sharded(self.engine, prompts, self.sampling)
         t1 = time.perf_counter()
-        scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device,
-                       self.forward_batch_size, self.roles.reward_model)
+        with self._timed("score"):
+            scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device,
+                           self.forward_batch_size, self.roles.reward_model)
         from_engine = engine_logprobs(gens, scored.logp_sft)
         reuse = from_engine is not None and (self.cfg.logp_old == "engine" or (
             self.cfg.logp_old == "auto" and getattr(self.engine, "logprobs_match_trainer", False)))
-        exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg,
-                              self.sampling.temperature, groups, self.forward_batch_size,
-                              logp_old=from_engine if reuse else None)
+        with self._timed("forward"):
+            exp = make_experience(self.roles.actor, self.roles.critic, scored, self.normalizer, self.cfg,
+                                  self.sampling.temperature, groups, self.forward_batch_size,
+                                  logp_old=from_engine if reuse else None)
         if from_engine is not None and not reuse:
             exp.info.update(logprob_gap(from_engine, exp.logp_old, exp.mask))
         # with the engine's log-probs as logp_old, the first actor forward (before any step) checks them
@@ -133,11 +151,14 @@ class PPOTrainer:
         stats = []
         for _ in range(self.cfg.ppo_epochs):
             for idx in self._minibatches(exp):
-                row = self._actor_step(exp, idx)
+                with self._timed("train_actor"):
+                    row = self._actor_step(exp, idx)
                 if not self.critic_free:
-                    row.update(self._critic_step(exp, idx))
+                    with self._timed("train_critic"):
+                        row.update(self._critic_step(exp, idx))
                 stats.append(row)
         t3 = time.perf_counter()
+        self.seconds.update(weight_sync=sync_s, generate=t1 - t0 - sync_s, train=t3 - t2, total=t3 - t0)
         timing = {"time_weight_sync": sync_s, "time_generate": t1 - t0 - sync_s, "time_experience": t2 - t1,
                   "time_train": t3 - t2}
         tokens = exp.batch.attention_mask.sum().item()
@@ -223,41 +244,3 @@ def _mean(rows: list[dict]) -> dict:
     if not rows:
         return {}
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-
-
-def prompt_stream(prompts: list[list[int]], batch: int, seed: int, start: int = 0, source: str = "PPO prompts"):
-    """Endless shuffled passes (episodes) over the prompt set, `batch` prompts at a time.
-
-    `start` skips that many batches: the shuffles come from `seed` alone, so a resumed run sees
-    exactly the batches an uninterrupted one would.
-    """
-    if len(prompts) < batch:
-        raise DataError(f"{source}: {len(prompts)} prompt(s), fewer than rollouts.buffer_size={batch}; "
-                        f"add prompts or lower rollouts.buffer_size")
-    return _batches(prompts, batch, seed, start)  # a plain function: the check above runs on the call
-
-
-def _batches(prompts: list[list[int]], batch: int, seed: int, start: int):
-    rng = random.Random(seed)
-    episode, produced = 0, 0
-    while True:
-        order = list(range(len(prompts)))
-        rng.shuffle(order)
-        for s in range(0, len(order) - batch + 1, batch):
-            if produced >= start:
-                yield episode, [prompts[i] for i in order[s : s + batch]]
-            produced += 1
-        episode += 1
-
-
-def length_guard_tripped(history: list[dict], factor: float) -> bool:
-    """Appendix E's failure: responses keep growing until nearly all hit the token budget."""
-    if len(history) < 2:
-        return False
-    first, last = history[0]["response_length"], history[-1]["response_length"]
-    return last > factor * max(first, 1.0) and last > 0 and history[-1]["eos_rate"] < 0.5
-
-
-def save_history(history: list[dict], path: Path) -> None:
-    write_json(path, [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in h.items()}
-                      for h in history])

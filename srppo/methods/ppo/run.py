@@ -1,0 +1,189 @@
+"""One PPO run, Algorithm 2 from p_SFT to the trained actor: `run_ppo` is the `ppo` stage's one library call.
+
+In order: the prompts (checked against the context before any model loads), the rollout engine and the
+four roles, the trainer; then, resumed from a checkpoint when one matches, the critic warm-up of §4.1 on
+the `rollouts` stage's buffers and `ppo.iterations` PPO iterations, each followed by a checkpoint when
+due, stopping early when the length guard (Appendix E) trips. One step counter runs over warm-up buffers
+and PPO iterations: the history's length is the loop position a checkpoint records.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from srppo.data.records import DataError, read_jsonl
+from srppo.io import read_json
+from srppo.methods.ppo.roles import ppo_roles
+from srppo.methods.ppo.trainer import PPOTrainer, Roles
+from srppo.models.loading import context_length, load_tokenizer
+from srppo.rollout.sampling import prompt_ids, rollout_engine, sampling_params
+from srppo.runtime import distributed
+from srppo.runtime.checkpoint import Checkpointer
+from srppo.runtime.stage import Timer, log, progress, training_config
+from srppo.scoring.buffer import read_buffers
+from srppo.scoring.rewards import RewardNormalizer
+
+# (prompts, start) -> (episode, prompt batch) from the start-th batch on
+Stream = Callable[[list[list[int]], int], Iterator[tuple[int, list[list[int]]]]]
+
+
+@dataclass
+class PPOInputs:
+    """What a PPO run reads (the `ppo` stage's input arguments)."""
+
+    base: str | Path          # p_PT: the reward's denominator (and, under LoRA, the shared base)
+    sft: str | Path           # p_SFT: actor and critic start here; KL reference and the reward's numerator
+    prompts: str | Path       # PPO prompt records (JSONL)
+    reward_norm: str | Path   # the normaliser the `calibrate` stage fitted (JSON)
+    rollouts: str | Path | None  # the `rollouts` stage's buffers, for the critic warm-up (None: no warm-up)
+
+
+@dataclass
+class PPOResult:
+    history: list[dict]       # every step's row in order: warm-up buffers, then PPO iterations (a resumed
+                              # run's restored rows included)
+    stopped: str | None       # why PPO stopped before ppo.iterations (the length guard), else None
+    roles: Roles              # actor, critic, p_SFT, p_PT / reward model, as trained
+    actor_to_save: Callable[[], torch.nn.Module]  # the actor as a plain model (under LoRA: merged into the base)
+    tokenizer: object
+    seconds: dict[str, float] = field(default_factory=dict)  # the run's phases: loading, warm-up, iterations
+    iteration_seconds: list[dict] = field(default_factory=list)  # each PPO iteration this call ran:
+                                                                  # PPOTrainer.seconds (ITERATION_PHASES)
+
+    @property
+    def ppo_rows(self) -> list[dict]:
+        return [h for h in self.history if h["phase"] == "ppo"]
+
+
+def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | None = None,
+            timer: Timer | None = None, on_row: Callable[[dict], None] | None = None,
+            dump_dir: Path | None = None, stream: Stream | None = None) -> PPOResult:
+    """PPO with params' `ppo`, `rollouts`, `reward`, `lora` and `runtime` sections, on `device`/`dtype`
+    (srppo.models.loading.setup_runtime); under several processes, every rank calls it.
+
+    `ckpt` restores the actor, critic, both optimizers, the RNG states and the history when its
+    fingerprint matches, and saves them every `checkpoint_every` steps (the caller clears it once the
+    outputs are written). `timer` gets the phases (a fresh "ppo" one if None). `on_row(row)` sees each
+    step's row once and in order as the step ends, a resumed run's restored rows first. A NaN/inf stops the
+    run with a dump of the batch in `dump_dir`. `stream` is a hook for benchmarks: it replaces the seeded,
+    shuffled passes over the prompts (`prompt_stream`) with batches of its own.
+    """
+    cfg, rcfg = params.ppo, params.rollouts
+    timer = timer or Timer("ppo")
+    tok = load_tokenizer(inputs.sft)
+    prompts = prompt_ids(tok, read_jsonl(inputs.prompts), str(inputs.prompts), rcfg.max_new_tokens,
+                         context_length(inputs.sft))  # checked before any model is loaded
+    trainer, actor_to_save = _build(params, inputs, tok, device, dtype, timer, dump_dir)
+    modules = {"actor": trainer.roles.actor, "critic": trainer.roles.critic}
+    optims = {"actor": trainer.actor_opt, "critic": trainer.critic_opt}
+    restored = ckpt.restore(modules, optims) if ckpt else None
+    history = (restored or {"history": []})["history"]
+    trainer.actor_changed = restored is not None  # an engine with its own weights must pick up the resumed actor
+    n_ppo = sum(h["phase"] == "ppo" for h in history)
+    # a buffer holds buffer_size rollouts: group_size samples of buffer_size / group_size prompts
+    batches = (stream or (lambda ids, start: prompt_stream(ids, rcfg.buffer_size // cfg.group_size,
+                                                           params.runtime.seed, start, str(inputs.prompts))))
+    batches = batches(prompts, n_ppo)  # prompt_stream checks the prompt count now
+    save = lambda: ckpt and ckpt.maybe_save(len(history), modules, optims, lambda: {"history": history})
+    emit = on_row or (lambda row: None)
+    for row in history:  # a resumed run's restored rows first: the curves start at step 1
+        emit(row)
+    n_warmup = cfg.critic_warmup_buffers
+    with timer.phase(f"critic warm-up on {n_warmup} buffers"):
+        buffers = read_buffers(Path(inputs.rollouts), n_warmup, tok.pad_token_id, device) if n_warmup else []
+        warm_up(trainer, buffers, history, save, emit)
+    iteration_seconds = []
+    with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
+        stopped = ppo_iterations(trainer, batches, cfg, history, save, bar, emit, iteration_seconds)
+    trainer.engine.close()
+    return PPOResult(history, stopped, trainer.roles, actor_to_save, tok, dict(timer.phases), iteration_seconds)
+
+
+def _build(params, inputs: PPOInputs, tok, device, dtype, timer: Timer, dump_dir: Path | None):
+    """The rollout engine, the four roles and the trainer; and a function giving the actor to save."""
+    cfg, rcfg, seed = params.ppo, params.rollouts, params.runtime.seed
+    # an engine with its own weights (vLLM) starts first: it sizes its KV cache from the free memory
+    engine = None if rcfg.engine == "hf" else rollout_engine(rcfg, None, tok, inputs.sft, seed, dtype)
+    ds = lambda lr: training_config(params.runtime, cfg.mini_batch_size, 1, cfg.max_grad_norm, dtype, lr)
+    roles_name = "actor, critic, p_SFT, " + ("p_PT" if params.reward.source == "coherent" else "reward model")
+    with timer.phase(f"load {roles_name}" + (" (LoRA views on one base)" if params.lora.enabled else "")):
+        roles, actor_to_save = ppo_roles(params, inputs.base, inputs.sft, device, dtype,
+                                         shard=lambda model: distributed.shard_frozen(model, ds(cfg.actor_lr)))
+    engine = engine or rollout_engine(rcfg, roles.actor, tok, inputs.sft, seed, dtype)
+    trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
+                         RewardNormalizer.from_dict(read_json(inputs.reward_norm)), dump_dir=dump_dir,
+                         ds_actor=ds(cfg.actor_lr), ds_critic=ds(cfg.critic_lr),
+                         forward_batch_size=rcfg.score_batch_size)
+    return trainer, actor_to_save
+
+
+def warm_up(trainer: PPOTrainer, buffers, history: list[dict], save, emit) -> None:
+    """The critic regresses on p_SFT's own buffers before PPO starts (the actor is p_SFT then)."""
+    if trainer.critic_free:  # grpo / rloo / reinforce_pp never read V(s): nothing to warm up
+        return
+    done = sum(h["phase"] == "warmup" for h in history)  # > 0 when resumed
+    for i, scored in enumerate(buffers[done:], start=done):
+        history.append({"step": i + 1, "phase": "warmup", **trainer.warmup_critic(scored)})
+        emit(history[-1])
+        log("ppo", f"warm-up {i + 1}: value_loss {history[-1]['value_loss']:.4f}")
+        save()
+
+
+def ppo_iterations(trainer: PPOTrainer, batches, cfg, history: list[dict], save, bar, emit,
+                   iteration_seconds: list[dict]) -> str | None:
+    """PPO iterations up to `cfg.iterations` (a resumed run's count included); why they stopped early, or None."""
+    ppo_rows = [h for h in history if h["phase"] == "ppo"]  # non-empty when resumed
+    bar.update(len(ppo_rows))
+    for it in range(len(ppo_rows), cfg.iterations):
+        episode, batch = next(batches)
+        row = {"step": len(history) + 1, "phase": "ppo", "episode": episode, **trainer.iteration(batch)}
+        iteration_seconds.append(dict(trainer.seconds))
+        history.append(row)
+        ppo_rows.append(row)
+        emit(row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward_raw']:.2f}", kl=f"{row['kl']:.3f}", len=f"{row['response_length']:.0f}")
+        if length_guard_tripped(ppo_rows, cfg.length_guard):
+            stopped = f"length guard at iteration {it + 1}: responses grew past {cfg.length_guard}x"
+            log("ppo", f"stopping early: {stopped}")
+            return stopped
+        save()
+    return None
+
+
+def length_guard_tripped(history: list[dict], factor: float) -> bool:
+    """Appendix E's failure: responses keep growing until nearly all hit the token budget."""
+    if len(history) < 2:
+        return False
+    first, last = history[0]["response_length"], history[-1]["response_length"]
+    return last > factor * max(first, 1.0) and last > 0 and history[-1]["eos_rate"] < 0.5
+
+
+def prompt_stream(prompts: list[list[int]], batch: int, seed: int, start: int = 0, source: str = "PPO prompts"):
+    """Endless shuffled passes (episodes) over the prompt set, `batch` prompts at a time.
+
+    `start` skips that many batches: the shuffles come from `seed` alone, so a resumed run sees
+    exactly the batches an uninterrupted one would.
+    """
+    if len(prompts) < batch:
+        raise DataError(f"{source}: {len(prompts)} prompt(s), fewer than rollouts.buffer_size={batch}; "
+                        f"add prompts or lower rollouts.buffer_size")
+    return _batches(prompts, batch, seed, start)  # a plain function: the check above runs on the call
+
+
+def _batches(prompts: list[list[int]], batch: int, seed: int, start: int):
+    rng = random.Random(seed)
+    episode, produced = 0, 0
+    while True:
+        order = list(range(len(prompts)))
+        rng.shuffle(order)
+        for s in range(0, len(order) - batch + 1, batch):
+            if produced >= start:
+                yield episode, [prompts[i] for i in order[s : s + batch]]
+            produced += 1
+        episode += 1

@@ -1,0 +1,123 @@
+"""Each training method's one library call, in-process on tiny models: `run_ppo` resumes an interrupted run
+bitwise, reports its phases and takes a prompt stream; `run_spin` and `run_reward_model` number their steps
+and hand every row to the callback. (tests/test_resume.py kills the real stages under DVC.)"""
+
+import pytest
+import torch
+
+from srppo.config.params import validate
+from srppo.data.prepare import prepare
+from srppo.data.records import write_jsonl
+from srppo.io import write_json
+from srppo.methods.ppo.run import PPOInputs, run_ppo
+from srppo.methods.ppo.trainer import ITERATION_PHASES
+from srppo.methods.reward_model import run_reward_model
+from srppo.methods.spin import run_spin
+from srppo.models.loading import frozen, load_tokenizer, setup_runtime
+from srppo.rollout.engine import SamplingParams, make_engine
+from srppo.rollout.sampling import prompt_ids
+from srppo.runtime.checkpoint import Checkpointer
+from srppo.runtime.stage import Timer, beside_output
+from srppo.scoring.buffer import buffer_path, to_frame
+from srppo.scoring.rewards import RewardNormalizer
+from srppo.scoring.score import score
+
+CPU = torch.device("cpu")
+SMALL = {
+    "runtime": {"device": "cpu"},
+    "prepare": {"n_demos": 16, "n_ppo_prompts": 8, "n_calibration": 2, "n_eval_per_family": 1},
+    "rollouts": {"max_new_tokens": 8, "batch_size": 4, "buffer_size": 4, "n_buffers": 1},
+    "ppo": {"iterations": 4, "critic_warmup_buffers": 1, "mini_batch_size": 2, "checkpoint_every": 2},
+    "spin": {"iterations": 2, "batch_size": 4, "max_new_tokens": 8},
+    "reward_model": {"n_prompts": 12, "samples_per_prompt": 2, "max_new_tokens": 8, "batch_size": 4},
+}
+
+
+class Kill(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def params():
+    return validate(SMALL)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, params, tiny_dir, tiny_sft_dir):
+    """The prepared splits, a neutral normaliser and one rollout buffer of p_SFT, as the upstream stages write them."""
+    root = tmp_path_factory.mktemp("data")
+    for name, recs in prepare(params.prepare).items():
+        write_jsonl(root / f"{name}.jsonl", recs)
+    write_json(root / "reward_norm.json", RewardNormalizer().to_dict())
+    tok = load_tokenizer(tiny_sft_dir)
+    sft, pt = frozen(tiny_sft_dir, CPU, torch.float32), frozen(tiny_dir, CPU, torch.float32)
+    items = prepare(params.prepare)["ppo_prompts"][:4]
+    gens = make_engine("hf", sft, tok, 4).generate(prompt_ids(tok, items), SamplingParams(max_new_tokens=8))
+    (root / "rollouts").mkdir()
+    to_frame(score(gens, sft, pt, tok.pad_token_id, CPU), gens, items, tok, 0).to_parquet(
+        buffer_path(root / "rollouts", 0), index=False)
+    return root
+
+
+def no_clock(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time_") and k != "tokens_per_s"} for r in rows]
+
+
+def test_interrupted_ppo_run_resumes_bitwise_and_reports_its_phases(tmp_path, params, data, tiny_dir, tiny_sft_dir):
+    inputs = PPOInputs(tiny_dir, tiny_sft_dir, data / "ppo_prompts.jsonl", data / "reward_norm.json", data / "rollouts")
+
+    def run(ckpt=None, on_row=None, timer=None):
+        device, dtype = setup_runtime(params.runtime)  # seeds, as the stage does
+        return run_ppo(params, inputs, device, dtype, ckpt=ckpt, on_row=on_row, timer=timer)
+
+    want = run()
+    assert [h["phase"] for h in want.history] == ["warmup"] + ["ppo"] * 4 and want.stopped is None
+    ckpt = Checkpointer(tmp_path / "ckpt", "fp", every=2, log=lambda m: None)
+
+    def die_at_4(row):  # after the checkpoint at step 2 (warm-up buffer + one iteration)
+        if row["step"] == 4:
+            raise Kill
+    with pytest.raises(Kill):
+        run(ckpt, die_at_4)
+    seen, timer = [], Timer("ppo")
+    got = run(ckpt, seen.append, timer)
+    assert no_clock(got.history) == no_clock(want.history)
+    assert seen == got.history  # the restored steps too, in order: the live curves are whole
+    for a, b in zip(want.actor_to_save().state_dict().values(), got.actor_to_save().state_dict().values()):
+        assert torch.equal(a, b)
+    # the phases come from the library: the run's on the timer, each iteration's (3 ran after the resume) split
+    assert got.seconds == timer.phases and "4 PPO iterations" in got.seconds
+    assert len(got.iteration_seconds) == 3 and all(set(s) == set(ITERATION_PHASES) for s in got.iteration_seconds)
+    for s, row in zip(got.iteration_seconds, got.ppo_rows[1:]):
+        assert s["generate"] == row["time_generate"] and s["train"] == row["time_train"]
+        assert s["score"] + s["forward"] <= row["time_experience"] and s["train_actor"] + s["train_critic"] <= s["train"]
+
+
+def test_a_stream_replaces_the_shuffled_prompts(params, data, tiny_dir, tiny_sft_dir):
+    fixed = params.model_copy(update={"ppo": params.ppo.model_copy(update={"iterations": 2, "critic_warmup_buffers": 0})})
+    inputs = PPOInputs(tiny_dir, tiny_sft_dir, data / "ppo_prompts.jsonl", data / "reward_norm.json", None)
+    starts = []
+
+    def stream(prompts, start):
+        starts.append(start)
+        return ((7, prompts[:4]) for _ in range(start, 2))
+    result = run_ppo(fixed, inputs, *setup_runtime(params.runtime), stream=stream)
+    assert starts == [0] and [(h["phase"], h["episode"]) for h in result.history] == [("ppo", 7), ("ppo", 7)]
+
+
+def test_spin_and_reward_model_runs_number_every_step_and_hand_it_on(params, data, tiny_sft_dir):
+    seen = []
+    spin = run_spin(params, tiny_sft_dir, data / "demos.jsonl", *setup_runtime(params.runtime), on_step=seen.append)
+    assert seen == spin.history and [h["step"] for h in seen] == list(range(1, len(seen) + 1))
+    assert {h["iteration"] for h in seen} == {0, 1} and spin.pairs_per_iteration == 16
+    seen = []
+    rm = run_reward_model(params, tiny_sft_dir, data / "demos.jsonl", *setup_runtime(params.runtime),
+                          on_step=seen.append)
+    assert seen == rm.history and [h["step"] for h in seen] == list(range(1, len(seen) + 1))
+    assert rm.info["train_pairs"] > 0 and rm.info["final_loss"] == seen[-1]["rm_loss"]
+
+
+def test_paths_beside_an_output_are_derived_from_it():
+    assert beside_output("data/ppo", "debug").as_posix() == "data/debug/ppo"
+    assert beside_output("comparison/data/m-s0/srppo/model", "checkpoints").as_posix() == \
+        "comparison/data/m-s0/srppo/checkpoints/model"
