@@ -11,14 +11,7 @@ from pathlib import Path
 import yaml
 
 from srppo.evaluation import plots
-from srppo.evaluation.compare import (
-    collect,
-    collect_filter,
-    filter_markdown,
-    markdown,
-    summarise,
-    summary_json,
-)
+from srppo.evaluation.compare import compare_grid
 from srppo.io import write_json, write_text_atomic
 
 HEADER = ("# Comparison grid\n\nScores in %, mean ± std over seeds (the testbed's exact checkers; lm-eval tasks and "
@@ -28,18 +21,15 @@ HEADER = ("# Comparison grid\n\nScores in %, mean ± std over seeds (the testbed
 def main(metrics_dir: str, out_dir: str, grid_yaml: str | None = None) -> None:
     grid = yaml.safe_load(Path(grid_yaml).read_text()) if grid_yaml else {}
     setups, seeds = grid.get("overlaps"), grid.get("seeds")
-    rows = collect(Path(metrics_dir), setups, seeds)
-    if not rows:
+    result = compare_grid(Path(metrics_dir), setups, seeds)
+    if result is None:
         raise SystemExit(f"table: no <setup>-s<seed>/eval.json under {metrics_dir}"
                          + (f" for overlaps {setups} x seeds {seeds} of {grid_yaml}" if grid_yaml else ""))
     out = Path(out_dir)
-    filtered = collect_filter(Path(metrics_dir), setups)
-    table = markdown(rows) + ("\n" + filter_markdown(filtered) if filtered else "")
-    write_text_atomic(out / "table.md", HEADER + table)
-    plots.bars_with_errors(summarise(rows), out / "bars.png", "Comparison")
-    write_json(out / "summary.json", {**summary_json(rows), "data_filter": filtered})
-    print(table)
-
+    write_text_atomic(out / "table.md", HEADER + result["table"])
+    plots.bars_with_errors(result["scores"], out / "bars.png", "Comparison")
+    write_json(out / "summary.json", result["summary"])
+    print(result["table"])
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

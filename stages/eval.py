@@ -12,33 +12,18 @@ only how long the first run takes. Without --cache-dir these live in a temporary
 """
 
 import sys
-import tempfile
 from pathlib import Path
 
-from srppo.data.records import read_jsonl, write_jsonl
+from srppo.data.records import write_jsonl
 from srppo.evaluation import plots
-from srppo.evaluation.judge import judge_outputs, load_instructions
-from srppo.evaluation.lmeval import benchmark_table, ensure_punkt_tab, run_benchmarks
-from srppo.evaluation.testbed_eval import (
-    HEADLINE,
-    generate_responses,
-    markdown_table,
-    score_items,
-    summarise,
-)
+from srppo.evaluation.lmeval import benchmark_table
+from srppo.evaluation.run import evaluate_models
+from srppo.evaluation.testbed_eval import HEADLINE, markdown_table
 from srppo.io import write_text_atomic
-from srppo.models.loading import context_length, frozen, load_tokenizer, setup_runtime
-from srppo.rollout.sampling import prompt_ids, rollout_engine
-from srppo.runtime.stage import Timer, load, log, progress, write_results
+from srppo.models.loading import setup_runtime
+from srppo.runtime.stage import Timer, load, write_results
 
 SUMMARY = ("strict_acc", "loose_acc", "in_domain_strict", "out_domain_strict", "arithmetic_em", "mean_tokens")
-
-
-def judged_win_rate(cfg, engine, tok, items: list[dict], seed: int) -> dict:
-    with progress(len(items), "answers for the judge") as bar:
-        outputs = generate_responses(engine, tok, items, cfg.max_new_tokens, progress=bar)
-    with progress(len(items), "judge") as bar:
-        return judge_outputs(cfg, items, outputs, seed, progress=bar)
 
 
 def cache_dir_option(args: list[str]) -> tuple[str | None, list[str]]:
@@ -72,59 +57,19 @@ def main(eval_path, out_dir, metrics_path, report_path, *args) -> None:
     params = load()
     cache, pairs = cache_dir_option(list(args))
     paths = model_paths(pairs, params.eval.models)
-    if cache is None:  # nothing declared to keep: the caches live and die with this run
-        with tempfile.TemporaryDirectory(prefix="srppo-eval-cache-") as tmp:
-            evaluate(params, eval_path, out_dir, metrics_path, report_path, paths, Path(tmp))
-        return
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    evaluate(params, eval_path, out_dir, metrics_path, report_path, paths, Path(cache))
-
-
-def evaluate(params, eval_path, out_dir, metrics_path, report_path, paths: dict[str, str], cache: Path) -> None:
-    cfg = params.eval
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("eval")
-    items = read_jsonl(eval_path)
-    ifeval_prompts = [c["prompt"] for it in items for c in it["checks"] if c.get("kind") == "ifeval" and "prompt" in c]
-    if ifeval_prompts:  # IFEval's checkers count sentences with nltk's Punkt: make sure it is there, offline
-        log("eval", f"punkt_tab: {ensure_punkt_tab((cache / 'nltk_data').resolve(), ifeval_prompts)}")
-    first = paths[cfg.models[0]]  # all roles share the tokenizer and context
-    prompt_ids(load_tokenizer(first), items, eval_path, cfg.max_new_tokens, context_length(first))
+    run = evaluate_models(params, eval_path, paths, device, dtype, cache_dir=cache, timer=timer)
     out = Path(out_dir)
-    results, rows_all = {}, []
-    judged = load_instructions(cfg.judge.instructions, cfg.judge.reference_field, cfg.judge.limit) \
-        if cfg.judge.endpoint and cfg.judge.instructions else []
-    for name in cfg.models:
-        with timer.phase(f"generate + check: {name}"), progress(len(items), f"eval {name}") as bar:
-            tok = load_tokenizer(paths[name])
-            model = frozen(paths[name], device, dtype)
-            engine = rollout_engine(params.rollouts, model, tok, paths[name], params.runtime.seed, dtype,
-                                    cfg.batch_size)
-            rows = score_items(items, generate_responses(engine, tok, items, cfg.max_new_tokens, progress=bar))
-            if judged:
-                win = judged_win_rate(cfg.judge, engine, tok, judged, params.runtime.seed)
-            engine.close()
-            del model
-        results[name] = summarise(rows)
-        if judged:
-            results[name]["alpaca_eval"] = win
-            log("eval", f"{name}: win rate {win['win_rate']:.1f}, LC {win['lc_win_rate']:.1f} vs references")
-        rows_all += [{"model": name, **r} for r in rows]
-        log("eval", f"{name}: strict {results[name]['strict_acc']}, arithmetic {results[name]['arithmetic_em']}")
-    with timer.phase("lm-eval benchmarks"):
-        bench = run_benchmarks(cfg.benchmarks, {n: paths[n] for n in cfg.models}, cache / "lm_eval",
-                               device.type, params.runtime.dtype, params.runtime.seed, lambda m: log("eval", m))
-    for name, per_task in bench.items():
-        results[name]["benchmarks"] = per_task
-    if bench:
-        write_text_atomic(out / "benchmarks.md", benchmark_table(bench))
-    write_jsonl(out / "responses.jsonl", rows_all)
-    table = markdown_table(results)
+    if run.benchmarks:
+        write_text_atomic(out / "benchmarks.md", benchmark_table(run.benchmarks))
+    write_jsonl(out / "responses.jsonl", run.responses)
+    table = markdown_table(run.results)
     write_text_atomic(out / "table.md", table)
-    plots.grouped_bars(results, [k for k in HEADLINE if k[0] not in ("mean_tokens",)], out / "eval.png",
+    plots.grouped_bars(run.results, [k for k in HEADLINE if k[0] not in ("mean_tokens",)], out / "eval.png",
                        "Evaluation on the verifiable instruction testbed")
     print(table)
-    write_results(metrics_path, report_path, {m: summary(r) for m, r in results.items()}, results, timer)
+    write_results(metrics_path, report_path, {m: summary(r) for m, r in run.results.items()}, run.results, timer)
 
 
 if __name__ == "__main__":

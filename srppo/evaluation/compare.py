@@ -168,3 +168,14 @@ def filter_markdown(results: dict[str, dict[str, dict]]) -> str:
             lines += ["", f"Top by reward minus random subset, Average: {gap:+.2f} (one seed: no noise estimate)."]
         lines.append("")
     return "\n".join(lines)
+
+
+def compare_grid(metrics_dir: Path, setups: list[str] | None = None, seeds: list[int] | None = None) -> dict | None:
+    """The grid's results in one go: the markdown table (with the data filter's when it ran), summary.json's
+    content and the per-method scores for the bar plot; None when no cell of `setups` x `seeds` has results."""
+    rows = collect(metrics_dir, setups, seeds)
+    if not rows:
+        return None
+    filtered = collect_filter(metrics_dir, setups)
+    table = markdown(rows) + ("\n" + filter_markdown(filtered) if filtered else "")
+    return {"table": table, "summary": {**summary_json(rows), "data_filter": filtered}, "scores": summarise(rows)}

@@ -1,19 +1,80 @@
-"""Supervised fine-tuning, Eq. (1): maximise log p(y|x) on demonstrations, response tokens only."""
+"""Supervised fine-tuning, Eq. (1): maximise log p(y|x) on demonstrations, response tokens only.
+
+`run_sft` is the `sft` stage's one library call: the demonstrations, the model (with a LoRA adapter when
+lora.enabled) and `train_sft`, the loop.
+"""
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from srppo.data.batch import collate, encode_prompt, encode_response
-from srppo.data.records import DataError
+from srppo.data.records import DataError, read_jsonl
 from srppo.methods.ppo.losses import masked_mean
+from srppo.models import lora
+from srppo.models.loading import (
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+    save_pretrained,
+)
 from srppo.models.logprobs import token_logprobs
 from srppo.runtime import distributed
 from srppo.runtime.distributed import Stepper
+from srppo.runtime.stage import Timer, log, progress, training_config
+
+
+@dataclass
+class SFTResult:
+    model: torch.nn.Module  # p_SFT as trained (under LoRA: the base with its adapter)
+    tokenizer: object
+    history: list[dict]     # every optimizer step's row in order (a resumed run's restored rows included)
+    train_seconds: float    # the training phase's wall time
+    lora_enabled: bool      # whether `model` carries a LoRA adapter
+
+    def save(self, out_dir: str | Path) -> None:
+        """p_SFT as a model directory; under LoRA the adapter (for PPO) and the merged weights (for the rest)."""
+        if self.lora_enabled:
+            lora.save_sft(self.model, self.tokenizer, out_dir, save_pretrained)
+        else:
+            save_pretrained(self.model, self.tokenizer, out_dir)
+
+
+def run_sft(params, base_dir: str | Path, demos_path: str | Path, device, dtype, *, ckpt=None,
+            timer: Timer | None = None, on_step: Callable[[dict], None] | None = None) -> SFTResult:
+    """SFT from `base_dir` on the demonstrations with params' `sft`, `lora` and `runtime` sections, on
+    `device`/`dtype` (srppo.models.loading.setup_runtime); under several processes, every rank calls it.
+
+    `ckpt` (a srppo.runtime.checkpoint.Checkpointer) resumes and saves as `train_sft` says (the caller
+    clears it once the outputs are written). `timer` gets the training phase (a fresh "sft" one if None);
+    `on_step(row)` sees each optimizer step's row as the step ends.
+    """
+    cfg, seed = params.sft, params.runtime.seed
+    timer = timer or Timer("sft")
+    check_max_len(cfg.max_len, context_length(base_dir), base_dir)
+    tok = load_tokenizer(base_dir)
+    encoded = encode_demos(tok, read_jsonl(demos_path), cfg.max_len, demos_path, cfg.overlength,
+                           lambda msg: log("sft", msg))
+    model = load_causal_lm(base_dir, device, dtype, trainable=True)
+    if params.lora.enabled:  # train an adapter; the base weights stay p_PT's
+        model = lora.add_adapter(model, params.lora)
+    ds_config = training_config(params.runtime, cfg.batch_size, cfg.grad_accum, cfg.max_grad_norm, dtype, cfg.lr)
+    n_micro = sum(1 for _ in micro_batches(len(encoded), cfg.batch_size, cfg.epochs, seed))
+    phase = f"train {len(encoded)} demos x {cfg.epochs} epochs"
+    with timer.phase(phase), progress(-(-n_micro // cfg.grad_accum), "sft", "step") as bar:
+        def step_done(row: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if on_step:
+                on_step(row)
+        history = train_sft(model, tok, encoded, cfg, seed, step_done, ckpt, ds_config)
+    return SFTResult(model, tok, history, timer.phases[phase], params.lora.enabled)
 
 
 def encode_demos(tok, demos: list[dict], max_len: int, source: str = "demonstrations",

@@ -2,16 +2,79 @@
 
 Measures the reward on held-out demonstrations, on samples of p_SFT and on samples of p_PT, how
 it correlates with length, and how often it ranks a demonstration above a pretrained sample for
-the same prompt. Writes the normalisation PPO applies: shift/scale from p_SFT samples (the
+the same prompt. Fits the normalisation PPO applies: shift/scale from p_SFT samples (the
 distribution PPO starts from) and a clip range from their quantiles -- explicit, never a guess.
+`calibrate_reward` is the `calibrate` stage's one library call.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
+from srppo.data.records import read_jsonl
+from srppo.models.loading import context_length, frozen, load_tokenizer
+from srppo.rollout.sampling import (
+    demo_generations,
+    prompt_ids,
+    rollout_engine,
+    sampling_params,
+)
+from srppo.runtime.stage import Timer, log, progress
+from srppo.scoring.reward_model import reward_model_or_none
 from srppo.scoring.rewards import RewardNormalizer
 from srppo.scoring.score import score
+
+SETS = ("demonstrations", "sft_samples", "pt_samples")  # what is scored, named as in the report
+
+
+@dataclass
+class Calibration:
+    normalizer: RewardNormalizer    # what PPO applies to the raw reward
+    report: dict                    # calibration_report: distributions, AUCs, length correlations, the normaliser
+    rewards: dict[str, np.ndarray]  # SETS -> each response's raw reward, in input order
+
+
+def calibrate_reward(params, base_dir: str | Path, sft_dir: str | Path, calibration_path: str | Path,
+                     prompts_path: str | Path, device, dtype, *, timer: Timer | None = None) -> Calibration:
+    """The reward (coherent, or the reward model's under `reward.source: model`) of the held-out
+    demonstrations, of p_PT's samples for the same prompts and of p_SFT's samples for the first
+    `calibrate.n_prompts` PPO prompts; the normaliser fitted on p_SFT's (params' `calibrate` section).
+
+    Sampling uses params' `rollouts` settings and seed, each model through its own engine. `timer` gets the
+    three phases (a fresh "calibrate" one if None).
+    """
+    cfg, rcfg = params.calibrate, params.rollouts
+    timer = timer or Timer("calibrate")
+    tok = load_tokenizer(sft_dir)
+    sft, pt = frozen(sft_dir, device, dtype), frozen(base_dir, device, dtype)  # p_PT also samples below
+    rm = reward_model_or_none(params.reward, device, dtype)
+    demos = read_jsonl(calibration_path)
+    prompts = read_jsonl(prompts_path)[: cfg.n_prompts]
+    for recs, src in ((demos, calibration_path), (prompts, prompts_path)):  # both get sampled: fail before that
+        prompt_ids(tok, recs, src, rcfg.max_new_tokens, context_length(sft_dir))
+    sampling = sampling_params(rcfg)
+
+    def sample(model, path, recs, bar):
+        engine = rollout_engine(rcfg, model, tok, path, params.runtime.seed, dtype)
+        gens = engine.generate(prompt_ids(tok, recs), sampling, progress=bar)
+        engine.close()
+        return gens
+
+    scores = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.score_batch_size, rm)
+    with timer.phase("score demonstrations"):
+        demo_r, demo_len = scores(demo_generations(tok, demos))
+    with timer.phase("sample p_PT on the demonstration prompts"), progress(len(demos), "p_PT samples") as bar:
+        pt_r, pt_len = scores(sample(pt, base_dir, demos, bar))
+    with timer.phase("sample p_SFT on PPO prompts"), progress(len(prompts), "p_SFT samples") as bar:
+        sft_r, sft_len = scores(sample(sft, sft_dir, prompts, bar))
+    norm = fit_normalizer(sft_r, cfg.normalize, cfg.clip_quantile, cfg.clip_margin)
+    report = calibration_report(demo_r, demo_len, sft_r, sft_len, pt_r, pt_len, norm)
+    log("calibrate", f"reward mean: demos {demo_r.mean():.2f}, p_SFT samples {sft_r.mean():.2f}, "
+        f"p_PT samples {pt_r.mean():.2f}; AUC demo>PT {report['auc_demo_vs_pt']:.2f}")
+    return Calibration(norm, report, dict(zip(SETS, (demo_r, sft_r, pt_r))))
 
 
 def rewards_of(gens, sft, pt, pad_id, device, batch_size: int, reward_model=None) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from srppo.config.params import RewardConfig
 from srppo.data.batch import Batch
 from srppo.models.loading import ModelError, check_weights
 from srppo.scoring.rewards import last_action_index
@@ -39,6 +40,13 @@ def load_reward_model(path: str | Path, device, dtype, trainable: bool = False):
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     return model
+
+
+def reward_model_or_none(cfg: RewardConfig, device, dtype):
+    """The frozen reward model when `reward.source` is `model` (RM-PPO), else None (the coherent reward)."""
+    if cfg.source != "model":
+        return None
+    return load_reward_model(cfg.model_path, device, dtype).eval()
 
 
 def score_head(model) -> nn.Module:

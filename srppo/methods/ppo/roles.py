@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from srppo.config.params import RewardConfig
 from srppo.models.loading import (
     checkpoint_activations,
     frozen,
     load_causal_lm,
     load_value_model,
 )
-
-
-def reward_model_or_none(cfg: RewardConfig, device, dtype):
-    """The frozen reward model when PPO optimises one (RM-PPO), else None (the coherent reward)."""
-    if cfg.source != "model":
-        return None
-    from srppo.scoring.reward_model import load_reward_model
-
-    return load_reward_model(cfg.model_path, device, dtype).eval()
+from srppo.scoring.reward_model import reward_model_or_none
 
 
 def recompute_activations(params) -> bool:
