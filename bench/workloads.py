@@ -232,6 +232,7 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
     with tempfile.TemporaryDirectory(prefix="srppo-bench-lora-") as tmp:
         sft_dir = fresh_adapter_dir(Path(tmp)) if params.lora.enabled else SFT_DIR
         run = library_run_ppo(params, PPOInputs(BASE_DIR, sft_dir, PROMPTS, NORM, rollouts=None), dev, dt, stream=fixed)
+        run.close()
     rows = []
     for row, phase in zip(run.ppo_rows, run.iteration_seconds):
         # tokens_per_s = attention-mask tokens (prompt + response, all rows) / iteration seconds

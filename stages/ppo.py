@@ -71,6 +71,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         if main_rank:
             with atomic_dir(out_dir) as tmp:
                 save_pretrained(run.actor_to_save(), run.tokenizer, tmp)
+    run.close()  # after the save: vLLM's shutdown takes the process group with it
     if not distributed.is_main():
         return
     ppo_rows = run.ppo_rows

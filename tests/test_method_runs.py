@@ -68,7 +68,9 @@ def test_interrupted_ppo_run_resumes_bitwise_and_reports_its_phases(tmp_path, pa
 
     def run(ckpt=None, on_row=None, timer=None):
         device, dtype = setup_runtime(params.runtime)  # seeds, as the stage does
-        return run_ppo(params, inputs, device, dtype, ckpt=ckpt, on_row=on_row, timer=timer)
+        result = run_ppo(params, inputs, device, dtype, ckpt=ckpt, on_row=on_row, timer=timer)
+        result.close()
+        return result
 
     want = run()
     assert [h["phase"] for h in want.history] == ["warmup"] + ["ppo"] * 4 and want.stopped is None
@@ -102,6 +104,7 @@ def test_a_stream_replaces_the_shuffled_prompts(params, data, tiny_dir, tiny_sft
         starts.append(start)
         return ((7, prompts[:4]) for _ in range(start, 2))
     result = run_ppo(fixed, inputs, *setup_runtime(params.runtime), stream=stream)
+    result.close()
     assert starts == [0] and [(h["phase"], h["episode"]) for h in result.history] == [("ppo", 7), ("ppo", 7)]
 
 

@@ -54,6 +54,14 @@ class PPOResult:
     seconds: dict[str, float] = field(default_factory=dict)  # the run's phases: loading, warm-up, iterations
     iteration_seconds: list[dict] = field(default_factory=list)  # each PPO iteration this call ran:
                                                                   # PPOTrainer.seconds (ITERATION_PHASES)
+    engine: object = None     # the rollout engine, still open: close() it once the actor is saved
+
+    def close(self) -> None:
+        """Shut the rollout engine down. After saving the actor: vLLM's shutdown also tears down the process
+        group that gathering a ZeRO-3 actor and the ranks' barriers need."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     @property
     def ppo_rows(self) -> list[dict]:
@@ -100,8 +108,8 @@ def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | No
     iteration_seconds = []
     with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
         stopped = ppo_iterations(trainer, batches, cfg, history, save, bar, emit, iteration_seconds)
-    trainer.engine.close()
-    return PPOResult(history, stopped, trainer.roles, actor_to_save, tok, dict(timer.phases), iteration_seconds)
+    return PPOResult(history, stopped, trainer.roles, actor_to_save, tok, dict(timer.phases), iteration_seconds,
+                     trainer.engine)
 
 
 def _build(params, inputs: PPOInputs, tok, device, dtype, timer: Timer, dump_dir: Path | None):
