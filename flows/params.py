@@ -2,11 +2,11 @@
 
 `Overrides` mirrors `srppo.config.params.Params` with every field optional, so the Prefect UI renders one
 input per params key (with its documentation) and rejects a typo or a wrong type when the run is
-created; the merged result is then validated as a whole by `srppo.config.params.validate`, cross-field
+created; the merged result is then validated as a whole by `srppo.config.files.validate`, cross-field
 checks included, before any stage starts.
 
 A key left empty is not set: the UI's form sends `null` for every field left empty, so null never
-overrides anything (a key that should be null goes in a preset file). `_form_field` shapes the JSON
+overrides anything (a key that should be null goes in a preset file). `_partial` shapes the JSON
 schema so that both Prefect UIs render every section open and a refusal names the key and its bound.
 """
 
@@ -19,60 +19,48 @@ from typing import Annotated, Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from srppo.config.params import (
+from srppo.config.files import (
     ConfigError,
-    Params,
     apply_preset,
     deep_merge,
     dump_params,
     validate,
 )
+from srppo.config.params import Params
 
 HEADER = "# Written by the srppo Prefect flow: preset={preset}, overrides={overrides}\n"
 
 
-# JSON-schema keywords that bound a value: the server's refusal names them when no `anyOf` hides them
-BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern")
-
-
-def _form_field(schema: dict) -> None:
-    """One field of the run form, in place: how Prefect's two UIs render it and what they send.
-
-    - A section (a nested override model) loses its `anyOf: [model, null]`: the UI shows it open, and a
-      bad value inside is reported at that value, not as "the section is not valid under any schema".
-    - A bounded value loses it too (Prefect's server allows null again for a typed field without a
-      default), so the refusal of 2.0 for `clip_eps` names the field and "the maximum of 1".
-    - Anything else keeps `anyOf: [..., null]` with `default: null`: the UI then shows it unset and sends
-      null (without the null branch, UI v1 sends `false` for every boolean and fills nested defaults).
-    """
-    branches = [b for b in schema.get("anyOf", []) if b != {"type": "null"}]
-    if len(branches) != 1:
-        return
-    (only,) = branches
-    # (pydantic names a nested model's reference `...PPOConfigOverride-Input__1` while it builds the schema)
-    section = "ConfigOverride" in only.get("$ref", "")
-    if section or any(k in only for k in BOUNDS):
-        del schema["anyOf"]
-        schema.pop("default", None)
-        schema.update({k: v for k, v in only.items() if k not in schema})
-
-
-def _form_schema(schema: dict) -> None:
-    for prop in schema.get("properties", {}).values():
-        _form_field(prop)
+def _without_null_branch(schema: dict) -> None:
+    """A field's schema without the `anyOf: [X, null]` its Optional adds (and without `default: null`)."""
+    branches = [b for b in schema.pop("anyOf") if b != {"type": "null"}]
+    schema.pop("default", None)
+    schema.update({k: v for k, v in branches[0].items() if k not in schema})
 
 
 def _partial(model: type[BaseModel]) -> type[BaseModel]:
+    """`model` with every field optional, shaped for the run form of Prefect's two UIs:
+
+    - A section (a nested model) has no `anyOf: [model, null]`: the UI shows it open, and a bad value
+      inside is reported at that value, not as "the section is not valid under any of the given schemas".
+    - A bounded value (ge, lt, ...) has none either (Prefect's server allows null again for a typed field
+      without a default), so the refusal of 2.0 for `clip_eps` names the field and "the maximum of 1".
+    - Anything else keeps `anyOf: [..., null]` with `default: null`: the UI then shows it unset and sends
+      null (without the null branch, UI v1 sends `false` for every boolean and fills nested defaults).
+    """
     fields: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
+        section = isinstance(ann, type) and issubclass(ann, BaseModel)
+        if section:
             ann = _partial(ann)
-        elif info.metadata:  # bounds (ge, lt, ...) apply to a given value and show in the form
+        elif info.metadata:  # bounds apply to a given value and show in the form
             ann = Annotated[(ann, *info.metadata)]
-        fields[name] = (Optional[ann], Field(None, description=info.description))  # noqa: UP045 (runtime type)
+        shape = _without_null_branch if section or info.metadata else None
+        fields[name] = (Optional[ann], Field(None, description=info.description,  # noqa: UP045 (runtime type)
+                                             json_schema_extra=shape))
     doc = f"Overrides for `{model.__name__}`: only the keys you set are applied."
-    config = ConfigDict(extra="forbid", json_schema_extra=_form_schema)
+    config = ConfigDict(extra="forbid")
     return create_model(f"{model.__name__}Override", __config__=config, __doc__=doc, **fields)
 
 

@@ -31,7 +31,7 @@ from flows import dvcops, lineage
 from flows.dvcgraph import Stage, load_graph, merge_lock, pullable_inputs, read_lock
 from flows.params import Overrides, as_dict, resolve, unset_nulls
 from flows.params import write as write_params
-from srppo.config.params import ConfigError, parse_override_items
+from srppo.config.files import ConfigError, parse_override_items
 
 GPU_LIMIT = "gpu"  # global concurrency limit every stage run holds one slot of
 # Only I/O retries: remotes flake, while a failing stage fails the same way twice. DVC is the cache,
@@ -140,7 +140,7 @@ def pipeline(
 
     Args:
         preset: 'default', a preset from configs/ ('smoke', 'paper-mistral7b') or a YAML path; empty keeps params.yaml.
-        overrides: params keys laid over the preset, e.g. {"ppo": {"kl_coef": 0.5}}; validated by srppo.config.params.
+        overrides: params keys laid over the preset, e.g. {"ppo": {"kl_coef": 0.5}}; validated by srppo.config.files.
             A key left empty (null) is not set.
         stages: run only these (in graph order); empty runs all.
         upstream: dvc.lock entries produced on another clone (its lineage.json "dvc_lock") to continue from.

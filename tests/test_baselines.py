@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from srppo.config.params import ConfigError, load_params, parse_overrides
+from srppo.config.files import ConfigError, load_params, parse_overrides
 from srppo.data.batch import collate, encode_response
 from srppo.evaluation.compare import (
     collect,

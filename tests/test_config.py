@@ -7,14 +7,14 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from srppo.config.params import (
+from srppo.config.files import (
     ConfigError,
-    Params,
     apply_preset,
     dump_params,
     load_params,
     validate,
 )
+from srppo.config.params import Params
 
 
 def test_params_yaml_is_the_documented_default():

@@ -11,7 +11,8 @@ from typing import get_args
 import pytest
 import torch
 
-from srppo.config.params import GROUP_ESTIMATORS, ConfigError, PPOConfig, validate
+from srppo.config.files import ConfigError, validate
+from srppo.config.params import GROUP_ESTIMATORS, PPOConfig
 from srppo.methods.ppo.estimators import CRITIC_FREE, GROUPED, get_estimator, registered
 from srppo.methods.spin import spin_loss
 

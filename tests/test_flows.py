@@ -32,7 +32,7 @@ from test_flows_support import (
 from flows import lineage as lineage_mod
 from flows.dvcgraph import load_graph, pullable_inputs
 from flows.params import Overrides, as_dict, resolve
-from srppo.config.params import ConfigError
+from srppo.config.files import ConfigError
 
 
 def test_graph_order_and_exact_inputs_come_from_dvc_yaml():

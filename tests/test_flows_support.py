@@ -23,7 +23,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # `flows` is a top-level package of the checkout, not installed
 
-from srppo.config.params import apply_preset, deep_merge, dump_params, validate
+from srppo.config.files import apply_preset, deep_merge, dump_params, validate
 
 STAGES = ["base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"]
 

@@ -5,7 +5,7 @@ and hand every row to the callback. (tests/test_resume.py kills the real stages 
 import pytest
 import torch
 
-from srppo.config.params import validate
+from srppo.config.files import validate
 from srppo.data.prepare import prepare
 from srppo.data.records import write_jsonl
 from srppo.io import write_json

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, live_rows
 
-from srppo.config.params import apply_preset, deep_merge, dump_params
+from srppo.config.files import apply_preset, deep_merge, dump_params
 
 pytestmark = pytest.mark.slow
 

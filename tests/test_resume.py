@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import ROOT, live_rows
 
-from srppo.config.params import deep_merge, dump_params, validate
+from srppo.config.files import deep_merge, dump_params, validate
 from srppo.data.records import write_jsonl
 from srppo.io import write_json
 from srppo.scoring.rewards import RewardNormalizer

@@ -29,7 +29,8 @@ from test_flows_support import (
     wait_until,
 )
 
-from srppo.config.params import ConfigError, Params, dump_params, validate
+from srppo.config.files import ConfigError, dump_params, validate
+from srppo.config.params import Params
 
 CANARY = "SRPPO-CANARY-"  # every secret below contains it: one search finds any of them
 SECRETS = {"AWS_ACCESS_KEY_ID": CANARY + "ENV-ID", "AWS_SECRET_ACCESS_KEY": CANARY + "ENV-SECRET"}

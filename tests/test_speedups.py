@@ -5,7 +5,8 @@ recomputed in the backward pass, and AdamW runs fused."""
 import pytest
 import torch
 
-from srppo.config.params import ConfigError, Params, PPOConfig
+from srppo.config.files import ConfigError
+from srppo.config.params import Params, PPOConfig
 from srppo.data.batch import collate, encode_prompt, select_rows
 from srppo.methods.ppo.experience import engine_logprobs
 from srppo.methods.ppo.roles import ppo_roles, recompute_activations

@@ -39,6 +39,7 @@ class Script:
     args: list[tuple[str, str]]          # (name, kind) in command-line order
     params: list[str]                    # params.yaml sections or keys it reads
     local_files: list[str] = field(default_factory=list)  # params keys that may name a local file or directory
+    other_params: dict[str, list[str]] = field(default_factory=dict)  # keys it reads from other params files
 
 
 RUNTIME_KEYS = ["runtime.seed", "runtime.device", "runtime.dtype", "runtime.threads"]
@@ -78,7 +79,8 @@ SCRIPTS = {
     "filter_demos": Script([("base_dir", "in"), ("sft_dir", "in"), ("demos", "in"), ("filter_dir", "out"),
                             ("metrics", "metrics"), ("report", "report")],
                            ["runtime", "data_filter", "rollouts.score_batch_size"]),
-    "compare": Script([("metrics_dir", "in"), ("results_dir", "results"), ("grid", "grid")], []),
+    "compare": Script([("metrics_dir", "in"), ("results_dir", "results"), ("grid", "grid")], [],
+                      other_params={"grid.yaml": ["overlaps", "seeds"]}),
 }
 
 
@@ -121,7 +123,7 @@ RM = f"reward.source=model reward.model_path={D}/{C}/reward_model"
 CELL = {"overlap": "${overlaps}", "seed": "${seeds}"}
 
 
-def _cell(name: str, script: str, outs: dict, settings: str = "", extra: list[str] | None = None,
+def _cell(script: str, outs: dict, settings: str = "", extra: list[str] | None = None,
           matrix: dict | None = None) -> tuple:
     return script, outs, {"matrix": matrix or CELL, "set": settings, "deps": extra or []}
 
@@ -141,13 +143,13 @@ def _ppo_method(prefix: str, settings: str, extra: list[str]) -> dict:
     prompts = f"{D}/{O}/prepared/ppo_prompts.jsonl"
     norm, rollouts = f"{D}/{C}/{prefix}/reward_norm.json", f"{D}/{C}/{prefix}/rollouts"
     return {
-        f"{prefix}_calibrate": _cell(f"{prefix}_calibrate", "calibrate", {
+        f"{prefix}_calibrate": _cell("calibrate", {
             **frozen, "calibration": f"{D}/{O}/prepared/calibration.jsonl", "prompts": prompts, "reward_norm": norm,
             **_results(C, f"{prefix}_calibrate", png=True)}, settings, extra),
-        f"{prefix}_rollouts": _cell(f"{prefix}_rollouts", "rollouts", {
+        f"{prefix}_rollouts": _cell("rollouts", {
             **frozen, "prompts": prompts, "rollouts_dir": rollouts, **_results(C, f"{prefix}_rollouts")},
             settings, extra),
-        prefix: _cell(prefix, "ppo", {
+        prefix: _cell("ppo", {
             **frozen, "prompts": prompts, "reward_norm": norm, "rollouts_dir": rollouts,
             "out_dir": f"{D}/{C}/{prefix}/model", **_results(C, prefix, live=True)}, settings, extra),
     }
@@ -158,17 +160,17 @@ COMPARISON = {
                 {"foreach": True, "set": "prepare.overlap=${item.overlap}"}),
     "sft": ("sft", {"base_dir": "data/base", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{O}/sft",
                     **_results(O, "sft", live=True)}, {"foreach": True}),
-    "sft_extended": _cell("sft_extended", "sft", {
+    "sft_extended": _cell("sft", {
         "base_dir": f"{D}/{O}/sft", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/sft_extended",
         **_results(C, "sft_extended", live=True)}, f"{SEED} sft.epochs=${{sft_extended_epochs}}"),
-    "spin": _cell("spin", "spin", {"sft_dir": f"{D}/{O}/sft", "demos": f"{D}/{O}/prepared/demos.jsonl",
+    "spin": _cell("spin", {"sft_dir": f"{D}/{O}/sft", "demos": f"{D}/{O}/prepared/demos.jsonl",
                                    "out_dir": f"{D}/{C}/spin", **_results(C, "spin", live=True)}, SEED),
-    "reward_model": _cell("reward_model", "reward_model", {
+    "reward_model": _cell("reward_model", {
         "sft_dir": f"{D}/{O}/sft", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/reward_model",
         **_results(C, "reward_model", live=True)}, SEED),
     **_ppo_method("srppo", SEED, []),
     **_ppo_method("rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"]),
-    "eval": _cell("eval", "eval", {
+    "eval": _cell("eval", {
         "eval_items": f"{D}/{O}/prepared/eval.jsonl", "eval_dir": f"{D}/{C}/eval", **_results(C, "eval"),
         "cache_dir": "data/cache/eval",
         "models": {"sft": f"{D}/{O}/sft", "sft_extended": f"{D}/{C}/sft_extended", "spin": f"{D}/{C}/spin",
@@ -179,7 +181,7 @@ COMPARISON = {
     "filter": ("filter_demos", {"base_dir": "data/base", "sft_dir": f"{D}/{O}/sft",
                                 "demos": f"{D}/{O}/prepared/demos.jsonl", "filter_dir": f"{D}/{O}/filter",
                                 **_results(O, "filter")}, {"foreach": True}),
-    "sft_filtered": _cell("sft_filtered", "sft", {
+    "sft_filtered": _cell("sft", {
         "base_dir": "data/base", "demos": f"{D}/{O}/filter/${{item.subset}}.jsonl",
         "out_dir": f"{D}/{O}/sft_${{item.subset}}", **_results(O, "sft_${item.subset}", live=True)},
         matrix={"overlap": "${overlaps}", "subset": ["top", "random"]}),
@@ -321,8 +323,8 @@ def stage(script_name: str, paths: dict, options: dict, params: dict, prefix: st
             "deps": [rel(p) for p in [*code, *deps, *options.get("deps", []), *local_files(params, script.local_files)]]}
     if script.params:
         body["params"] = [{"../params.yaml": script.params}] if prefix else list(script.params)
-    if script_name == "compare":
-        body["params"] = [{"grid.yaml": ["overlaps", "seeds"]}]
+    if script.other_params:
+        body["params"] = [{path: keys} for path, keys in script.other_params.items()]
     body["outs"] = [rel(o) if isinstance(o, str) else {rel(next(iter(o))): next(iter(o.values()))} for o in outs]
     if metrics:
         body["metrics"] = [{rel(next(iter(m))): next(iter(m.values()))} for m in metrics]
@@ -371,7 +373,7 @@ COMPARISON_INTRO = """# The comparison grid (paper Tables 1-4): SFT, SFT (extend
 # the main project's cache and remote), so plain `dvc status`, `dvc pull` and `dvc exp` at the root see only
 # the main pipeline. Every stage runs a script of stages/ from the repository root (`cd ..`); paths in deps
 # and outs are relative to comparison/, the code and params.yaml are `../`. SRPPO_SET lays the cell's
-# settings over params.yaml (srppo/config/params.py: parse_overrides) and sits in the command, so DVC reruns
+# settings over params.yaml (srppo/config/files.py: parse_overrides) and sits in the command, so DVC reruns
 # a cell when its settings change. p_PT (`../data/base`) comes from the main pipeline: `dvc repro base` at
 # the root first.
 #     cd comparison && dvc repro     ->  comparison/results/{table.md,bars.png,summary.json}

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from srppo.config.params import (
-    ConfigError,
-    Params,
-    apply_preset,
-    dump_params,
-    load_params,
-)
+from srppo.config.files import ConfigError, apply_preset, dump_params, load_params
+from srppo.config.params import Params
 from srppo.io import write_text_atomic
 
 HEADER = "# Generated from {src} by `python -m srppo.config.presets`. Every key is documented in srppo/config/params.py.\n"

@@ -8,7 +8,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from srppo.config.params import ConfigError, Params, load_params
+from srppo.config.files import ConfigError, load_params
+from srppo.config.params import Params
 from srppo.io import write_json
 
 OVERRIDES_ENV = "SRPPO_SET"
@@ -80,9 +81,9 @@ def training_config(runtime, micro_batch: int, grad_accum: int, max_grad_norm: f
 
 def beside_output(out_dir: str | Path, kind: str) -> Path:
     """`data/<stage>` -> `data/<kind>/<stage>`: where a stage keeps what is not one of its outputs
-    (`checkpoints`, a NaN `debug` dump), derived from its declared output so that every path still comes
-    from dvc.yaml. Beside the output, never inside: DVC deletes declared outputs before a run, and an
-    output is written whole or not at all."""
+    (`checkpoints`, a NaN `debug` dump), derived from the output path the stage was given, so every path
+    still comes from the stage's arguments. Beside the output, never inside: a pipeline runner may delete
+    declared outputs before a run, and an output is written whole or not at all."""
     out = Path(out_dir)
     return out.parent / kind / out.name
 
