@@ -212,7 +212,8 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
     warm-up. Each iteration's phases are the ones the library times (PPOTrainer.seconds)."""
     import tempfile
 
-    from srppo.config.params import Params, deep_merge
+    from srppo.config.files import deep_merge
+    from srppo.config.params import Params
     from srppo.methods.ppo.roles import recompute_activations
     from srppo.methods.ppo.run import PPOInputs
     from srppo.methods.ppo.run import run_ppo as library_run_ppo
