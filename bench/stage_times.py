@@ -13,6 +13,7 @@ SOURCES = {
     "base": "reports/base.json",
     "prepare": "reports/prepare.json",
     "sft": "reports/sft.json",
+    "diagnose": "reports/diagnose.json",
     "calibrate": "reports/calibrate.json",
     "rollouts": "reports/rollouts.json",
     "ppo": "reports/ppo.json",

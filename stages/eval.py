@@ -23,7 +23,8 @@ from srppo.io import write_text_atomic
 from srppo.models.loading import setup_runtime
 from srppo.runtime.stage import Timer, load, write_results
 
-SUMMARY = ("strict_acc", "loose_acc", "in_domain_strict", "out_domain_strict", "arithmetic_em", "mean_tokens")
+SUMMARY = ("strict_acc", "loose_acc", "in_domain_strict", "compositional_strict", "control_strict",
+           "out_domain_strict", "arithmetic_em", "mean_tokens")
 
 
 def cache_dir_option(args: list[str]) -> tuple[str | None, list[str]]:

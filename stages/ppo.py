@@ -31,8 +31,9 @@ from srppo.runtime.stage import (
     write_results,
 )
 
-CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_loss", "policy_loss",
-          "clip_frac", "entropy", "approx_kl"]
+CURVES = ["reward_raw", "reward", "kl", "response_length", "eos_rate", "value_loss", "explained_variance",
+          "policy_loss", "clip_frac", "entropy", "approx_kl"]
+WARMUP_CURVES = ["value_loss_before", "value_loss", "heldout_value_loss", "heldout_explained_variance"]
 SECTIONS = ["runtime", "ppo", "rollouts", "reward", "lora"]  # what the checkpoint's fingerprint covers
 
 
@@ -46,8 +47,22 @@ def engine_report(engine: str, ppo_rows: list[dict]) -> dict:
 def summary(report: dict) -> dict:
     """The numbers `dvc exp show` compares across runs; the rest of the report stays in REPORT_JSON."""
     keys = ("iterations", "reward_raw_first", "reward_raw_last", "kl_last", "response_length_first",
-            "response_length_last", "eos_rate_last", "reward_source")
+            "response_length_last", "eos_rate_last", "reward_source", "kl_coef_per_reward_nat",
+            "warmup_value_loss_first", "warmup_value_loss_last", "warmup_heldout_explained_variance")
     return {k: report[k] for k in keys}
+
+
+def warmup_report(rows: list[dict]) -> dict:
+    """How far the critic got before PPO: its training loss on the first and the last warm-up pass, and its
+    fit on the held-out buffer after the first and the last (None without a warm-up or a held-out buffer)."""
+    first, last = (rows[0], rows[-1]) if rows else ({}, {})
+    return {"warmup_passes": len(rows), "warmup_value_loss_first": first.get("value_loss"),
+            "warmup_value_loss_last": last.get("value_loss"),
+            "warmup_value_loss_before_first": first.get("value_loss_before"),
+            "warmup_value_loss_before_last": last.get("value_loss_before"),
+            "warmup_heldout_value_loss_first": first.get("heldout_value_loss"),
+            "warmup_heldout_value_loss": last.get("heldout_value_loss"),
+            "warmup_heldout_explained_variance": last.get("heldout_explained_variance")}
 
 
 def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metrics_path, report_path,
@@ -76,15 +91,21 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         return
     ppo_rows = run.ppo_rows
     plots.curves(ppo_rows, CURVES, Path(live_dir) / "curves.png", "SRPPO training")
+    warmup_rows = [h for h in run.history if h["phase"] == "warmup"]
+    if warmup_rows:
+        plots.curves(warmup_rows, [c for c in WARMUP_CURVES if c in warmup_rows[0]],
+                     Path(live_dir) / "warmup.png", "Critic warm-up (before PPO)")
     first, last = ppo_rows[0], ppo_rows[-1]
     report = {
         "iterations": len(ppo_rows), "stopped_early": run.stopped,
         "reward_source": "coherent" if coherent else "reward model",
         "reward_raw_first": first["reward_raw"], "reward_raw_last": last["reward_raw"],
-        "kl_last": last["kl"], "response_length_first": first["response_length"],
+        "kl_last": last["kl"], "kl_coef_per_reward_nat": last["kl_coef_per_reward_nat"],
+        "response_length_first": first["response_length"],
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
         "processes": distributed.world_size(), **engine_report(params.rollouts.engine, ppo_rows),
+        **warmup_report(warmup_rows),
         "lora": adapter_summary(sft_dir) if params.lora.enabled else None}
     write_results(metrics_path, report_path, summary(report), report, timer)
     ckpt.clear()

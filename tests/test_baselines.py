@@ -1,6 +1,7 @@
 """The baselines' pieces on fixed inputs: Bradley-Terry loss, checker-ranked pairs, the reward model's
 read-out position, per-cell overrides, and the comparison table's statistics."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -13,6 +14,8 @@ from srppo.evaluation.compare import (
     collect,
     markdown,
     paired_difference,
+    paired_differences,
+    summary_json,
     scores,
     summarise,
 )
@@ -115,8 +118,54 @@ def test_paired_difference_and_verdicts():
             r["Average"] = [30, 50, 41][r["seed"]]
     assert paired_difference(noisy, "minimum", "spin")["verdict"] == "within seed noise"
     table = markdown(_rows())
-    assert "| **SRPPO** | 45.00 ± 1.00 | 45.00 ± 1.00 |" in table and "| SFT | +5.00 | 1.00 |" in table
+    assert "| **SRPPO** | 45.00 ± 1.00 | 45.00 ± 1.00 |" in table
+    assert "| SFT | **+5.00 [+2.52, +7.48], n=3** | **+5.00 [+2.52, +7.48], n=3** |" in table
     assert summarise(_rows())["minimum"]["spin"]["Average"] == {"mean": 40.0, "std": 1.0, "n": 3}
+
+
+def _eval_cell(root, cell: str, by_method: dict) -> None:
+    (root / cell).mkdir()
+    (root / cell / "eval.json").write_text(json.dumps(by_method))
+
+
+def test_paired_differences_per_group_hand_numbers(tmp_path):
+    """SRPPO minus SFT per group over 3 seeds, t(0.975, df=2) = 4.303: half-width 4.303 * sd / sqrt(3)."""
+    sft = {"in_domain_strict": 50.0, "compositional_strict": 20.0, "control_strict": 30.0, "strict_acc": 40.0}
+    srppo = {"in_domain_strict": [54.0, 56.0, 55.0], "compositional_strict": [17.0, 16.0, 15.0],
+             "control_strict": [31.0, 29.0, 30.0], "arithmetic_em": [12.0, 14.0, 20.0], "strict_acc": 40.0}
+    for seed in range(3):
+        base = {**sft, **({"arithmetic_em": 10.0} if seed < 2 else {})}  # seed 2: no arithmetic score
+        mine = {k: v[seed] if isinstance(v, list) else v for k, v in srppo.items()}
+        _eval_cell(tmp_path, f"minimum-s{seed}", {"sft": base, "srppo": mine})
+    # an older eval: no compositional or control keys, one seed
+    _eval_cell(tmp_path, "medium-s0", {"sft": {"strict_acc": 30.0, "out_domain_strict": 20.0},
+                                       "srppo": {"strict_acc": 35.0, "out_domain_strict": 21.0}})
+    rows = collect(tmp_path)
+    diffs = paired_differences(rows, "minimum")["sft"]
+    half = round(4.303 / math.sqrt(3), 2)  # sd of the differences is 1.0 in the three groups below
+    assert diffs["IF in-domain"] == {"mean": 5.0, "std": 1.0, "n": 3, "ci95": [round(5 - half, 2), round(5 + half, 2)],
+                                     "verdict": "better"}
+    assert diffs["IF compositional"]["ci95"] == [round(-4 - half, 2), round(-4 + half, 2)]
+    assert diffs["IF compositional"]["verdict"] == "worse"
+    assert diffs["IF control"]["mean"] == 0.0 and diffs["IF control"]["verdict"] == "within seed noise"
+    # arithmetic: only seeds 0 and 1 have both, differences 2 and 4: sd sqrt(2), t(0.975, df=1) = 12.706
+    assert diffs["Arithmetic EM"]["n"] == 2 and diffs["Arithmetic EM"]["ci95"] == [round(3 - 12.706, 2),
+                                                                                   round(3 + 12.706, 2)]
+    assert diffs["IF strict"] == {"mean": 0.0, "std": 0.0, "n": 3, "ci95": [0.0, 0.0], "verdict": "within seed noise"}
+    assert "IF out-of-domain" not in diffs  # no cell of this setup has the key: skipped, not zero
+    # one seed: no interval, and no verdict pretending to one
+    old = paired_differences(rows, "medium")["sft"]
+    assert set(old) == {"IF strict", "IF out-of-domain", "Average"}
+    assert old["IF strict"] == {"mean": 5.0, "std": None, "n": 1, "ci95": None, "verdict": "n=1: no interval"}
+
+    table = markdown(rows)
+    header = "| Baseline | IF strict | IF in-domain | IF compositional | IF control | Arithmetic EM | Average |"
+    assert header in table
+    assert (f"| SFT | +0.00 [+0.00, +0.00], n=3 | **+5.00 [+{5 - half:.2f}, +{5 + half:.2f}], n=3** | "
+            f"**-4.00 [{-4 - half:.2f}, {-4 + half:.2f}], n=3** | +0.00 [{-half:.2f}, +{half:.2f}], n=3 | "
+            f"+3.00 [-9.71, +15.71], n=2 |") in table
+    assert "| Baseline | IF strict | IF out-of-domain | Average |" in table and "| SFT | +5.00, n=1 | +1.00, n=1 |" in table
+    assert summary_json(rows)["srppo_vs"]["minimum"]["sft"]["IF in-domain"] == diffs["IF in-domain"]
 
 
 def test_scores_average_the_benchmarks_not_the_breakdown(tmp_path):

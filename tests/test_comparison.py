@@ -1,9 +1,10 @@
 """The comparison grid (comparison/, a DVC project of its own) end to end on a tiny model: every method, one seed.
 
-Real DVC, real stage processes: SFT once, then SFT (extended), SPIN, a Bradley-Terry reward model, PPO
-with it, SRPPO, the data filter and the evaluation; the `table` stage writes the paper-style table, the
-bar plot and summary.json, which `dvc metrics diff` compares across commits. The statistics over seeds
-are tested on fixed numbers in test_baselines.py.
+Real DVC, real stage processes, one cell (one setup, one seed): its p_SFT, then SFT (extended), SPIN, a
+Bradley-Terry reward model, PPO with it, SRPPO, the data filter and the evaluation; the `table` stage writes
+the paper-style table, the bar plot and summary.json, which `dvc metrics diff` compares across commits. With
+one seed there is one p_SFT, as when p_SFT was trained once per setup, so per-cell p_SFT costs this test
+nothing. The statistics over seeds are tested on fixed numbers in test_baselines.py.
 """
 
 import json
@@ -38,8 +39,9 @@ def test_one_command_gives_the_table_plot_and_metrics_for_every_method(grid_repo
     run(["dvc", "repro", "base"], grid_repo)  # p_PT comes from the main pipeline
     out = repro_grid(grid_repo)
     ran = set(re.findall(r"Running stage '([\w@-]+)'", out))
-    for stage in ("sft_extended", "spin", "reward_model", "rm_ppo", "srppo", "eval"):
+    for stage in ("sft", "sft_extended", "spin", "reward_model", "rm_ppo", "srppo", "eval"):
         assert f"{stage}@minimum-1" in ran, (stage, sorted(ran))
+    assert "sft@minimum" not in ran  # p_SFT per cell, with its seed: none per setup
     assert "SRPPO_SET" in out and "reward.source=model" in out
 
     results = grid_repo / "comparison" / "results"
@@ -47,8 +49,12 @@ def test_one_command_gives_the_table_plot_and_metrics_for_every_method(grid_repo
     assert "### minimum overlap (1 seed: [1])" in table
     rows = {line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| ")}
     assert set(METHODS) <= rows
-    assert "paired by seed" in table and "one seed: no noise estimate" in table
-    assert "### Coherent reward as a data filter: minimum overlap" in table
+    differences = [line for line in table.split("paired by seed")[1].split("###")[0].splitlines()
+                   if line.startswith("| ") and not line.startswith("| Baseline")]
+    assert {line.split(" | ")[0] for line in differences} == {"| SFT", "| SFT (extended)", "| SPIN", "| PPO w/ RM"}
+    assert all(", n=1 |" in line and "[" not in line for line in differences)  # one seed: no interval
+    # the data filter ran on the first seed's cell: its p_SFT, its seed
+    assert "### Coherent reward as a data filter: minimum overlap (seed 1)" in table
     assert "| SFT on the top by coherent reward |" in table and "| SFT on a random subset of the same size |" in table
     kept = json.loads((grid_repo / "comparison/metrics/minimum/filter.json").read_text())
     assert kept["kept"] == kept["demos"] // 2 and kept["reward_mean_kept"] >= kept["reward_mean_all"]
@@ -58,7 +64,10 @@ def test_one_command_gives_the_table_plot_and_metrics_for_every_method(grid_repo
     scores = summary["scores"]["minimum"]
     assert set(scores) == {"sft", "sft_extended", "spin", "rm_ppo", "srppo"}
     assert all(scores[m]["Average"]["n"] == 1 for m in scores)
-    assert set(summary["srppo_vs"]["minimum"]) == {"sft", "sft_extended", "spin", "rm_ppo"}
+    vs = summary["srppo_vs"]["minimum"]
+    assert set(vs) == {"sft", "sft_extended", "spin", "rm_ppo"}
+    assert {"IF strict", "IF in-domain", "Average"} <= set(vs["sft"])  # per group
+    assert vs["sft"]["Average"]["ci95"] is None and vs["sft"]["Average"]["verdict"] == "n=1: no interval"
 
     # the reward model was trained and PPO read it: its score is the reward, p_PT never loaded
     rm = json.loads((grid_repo / "comparison/metrics/minimum-s1/reward_model.json").read_text())

@@ -52,7 +52,7 @@ def test_cross_field_checks_say_what_to_do():
     with pytest.raises(ConfigError, match=r"ppo.mini_batch_size \(3\) must divide rollouts.buffer_size \(16\)"):
         validate({"ppo": {"mini_batch_size": 3}})
     with pytest.raises(ConfigError, match="critic_warmup_buffers"):
-        validate({"ppo": {"critic_warmup_buffers": 5}})
+        validate({"ppo": {"critic_warmup_buffers": 8}})
     with pytest.raises(ConfigError, match="prepare.demos"):
         validate({"prepare": {"source": "files"}})
 

@@ -45,6 +45,26 @@ def test_each_stage_lists_exactly_the_files_its_script_imports():
             assert not declared - wanted, f"{pipeline.relative_to(ROOT)}: stage {name} lists {sorted(declared - wanted)}"
 
 
+def test_every_cell_reads_its_own_p_sft_trained_with_its_seed():
+    """SFT's seed variance belongs in every interval of the grid's table: p_SFT is a cell's stage, not a setup's.
+    The §5 data filter (one seed per setup) reads the first seed's cell and runs with that seed."""
+    stages = yaml.safe_load((ROOT / "comparison" / "dvc.yaml").read_text())["stages"]
+    own, first = "data/${item.overlap}-s${item.seed}/sft", "data/${item}-s${seeds[0]}/sft"
+    sft = stages["sft"]
+    assert sft["matrix"] == {"overlap": "${overlaps}", "seed": "${seeds}"} and own in sft["outs"]
+    assert sft["cmd"].startswith('cd .. && SRPPO_SET="runtime.seed=${item.seed}" python stages/sft.py data/base ')
+    readers = {name for name, body in stages.items() for dep in body.get("do", body)["deps"]
+               if dep.endswith("/sft")}
+    assert readers == {"sft_extended", "spin", "reward_model", "srppo_calibrate", "srppo_rollouts", "srppo",
+                       "rm_ppo_calibrate", "rm_ppo_rollouts", "rm_ppo", "eval", "filter", "filter_eval"}
+    for name in readers:
+        body = stages[name].get("do", stages[name])
+        wanted = first if name.startswith("filter") else own
+        assert [d for d in body["deps"] if d.endswith("/sft")] == [wanted], name
+        assert ("runtime.seed=${seeds[0]}" if name.startswith("filter") else "runtime.seed=${item.seed}") in body["cmd"]
+    assert "runtime.seed=${seeds[0]}" in stages["sft_filtered"]["cmd"]  # the subsets: the same seed as that p_SFT
+
+
 def test_import_analysis_covers_what_python_actually_loads():
     """Independent of the AST walk: importing each stage script loads only files its stage depends on."""
     probe = ("import json, runpy, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # `flows` is a top-level package of the checkout,
 
 from srppo.config.files import apply_preset, deep_merge, dump_params, validate
 
-STAGES = ["base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"]
+STAGES = ["base", "prepare", "sft", "diagnose", "calibrate", "rollouts", "ppo", "eval"]
 
 
 def tiny_overrides(tiny_dir: Path) -> dict:

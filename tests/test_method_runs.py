@@ -20,6 +20,7 @@ from srppo.runtime.checkpoint import Checkpointer
 from srppo.runtime.stage import Timer, beside_output
 from srppo.scoring.buffer import buffer_path, to_frame
 from srppo.scoring.rewards import RewardNormalizer
+from srppo.scoring.rollouts import warmup_prompt_split
 from srppo.scoring.score import score
 
 CPU = torch.device("cpu")
@@ -27,7 +28,8 @@ SMALL = {
     "runtime": {"device": "cpu"},
     "prepare": {"n_demos": 16, "n_ppo_prompts": 8, "n_calibration": 2, "n_eval_per_family": 1},
     "rollouts": {"max_new_tokens": 8, "batch_size": 4, "buffer_size": 4, "n_buffers": 1},
-    "ppo": {"iterations": 4, "critic_warmup_buffers": 1, "mini_batch_size": 2, "checkpoint_every": 2},
+    "ppo": {"iterations": 4, "critic_warmup_buffers": 1, "critic_warmup_epochs": 1, "mini_batch_size": 2,
+            "checkpoint_every": 2},
     "spin": {"iterations": 2, "batch_size": 4, "max_new_tokens": 8},
     "reward_model": {"n_prompts": 12, "samples_per_prompt": 2, "max_new_tokens": 8, "batch_size": 4},
 }
@@ -106,6 +108,47 @@ def test_a_stream_replaces_the_shuffled_prompts(params, data, tiny_dir, tiny_sft
     result = run_ppo(fixed, inputs, *setup_runtime(params.runtime), stream=stream)
     result.close()
     assert starts == [0] and [(h["phase"], h["episode"]) for h in result.history] == [("ppo", 7), ("ppo", 7)]
+
+
+def test_warmup_prompts_are_never_ppo_prompts():
+    for n, need, batch in [(256, 112, 16), (16, 16, 8), (8, 4, 4), (8, 4, 8), (1000, 10, 16)]:
+        warmup, ppo = warmup_prompt_split(n, 0, need, batch)
+        assert not set(warmup) & set(ppo) and sorted(warmup + ppo) == list(range(n))
+        assert len(warmup) == min(need, n - batch) and len(ppo) >= batch
+        assert warmup_prompt_split(n, 0, need, batch) == (warmup, ppo)  # the two stages agree
+    assert warmup_prompt_split(256, 1, 112, 16)[0] != warmup_prompt_split(256, 0, 112, 16)[0]
+
+
+def test_critic_warmup_reports_a_held_out_buffer_and_ppo_trains_on_the_other_prompts(
+        tmp_path, params, data, tiny_dir, tiny_sft_dir):
+    """rollouts.n_buffers = warm-up + 1: the last buffer is held out. Each warm-up row has the critic's fit
+    before its updates and on the held-out buffer after them; PPO's prompt stream holds no warm-up prompt."""
+    rollouts = tmp_path / "rollouts"
+    rollouts.mkdir()
+    for i in range(2):  # the second buffer is the held-out one
+        buffer_path(rollouts, i).write_bytes(buffer_path(data / "rollouts", 0).read_bytes())
+    run_params = params.model_copy(update={
+        "rollouts": params.rollouts.model_copy(update={"n_buffers": 2}),
+        "ppo": params.ppo.model_copy(update={"iterations": 1, "critic_warmup_buffers": 1})})
+    inputs = PPOInputs(tiny_dir, tiny_sft_dir, data / "ppo_prompts.jsonl", data / "reward_norm.json", rollouts)
+    streamed = []
+
+    def stream(prompts, start):
+        streamed.extend(prompts)
+        return ((0, prompts[:4]) for _ in range(start, 1))
+    result = run_ppo(run_params, inputs, *setup_runtime(params.runtime), stream=stream)
+    result.close()
+    warmup = result.history[0]
+    assert warmup["phase"] == "warmup" and warmup["kl"] == 0.0
+    for key in ("value_loss_before", "value_loss", "heldout_value_loss", "heldout_explained_variance",
+                "explained_variance"):
+        assert isinstance(warmup[key], float), key
+    assert warmup["value_loss_before"] > 0 and warmup["kl_coef_per_reward_nat"] == pytest.approx(params.ppo.kl_coef)
+    tok = load_tokenizer(tiny_sft_dir)
+    records = prepare(params.prepare)["ppo_prompts"]
+    reserved, _ = warmup_prompt_split(len(records), params.runtime.seed, 2 * 4, 4)
+    warmup_ids = {tuple(p) for p in prompt_ids(tok, [records[i] for i in reserved])}
+    assert streamed and not warmup_ids & {tuple(p) for p in streamed}
 
 
 def test_spin_and_reward_model_runs_number_every_step_and_hand_it_on(params, data, tiny_sft_dir):

@@ -118,3 +118,79 @@ def test_estimator_registry():
         register_estimator("gae")(gae)
     with pytest.raises(KeyError, match="registered"):
         get_estimator("nope")
+
+
+def _scored(logp_old, logp_sft, reward_raw, mask):
+    from srppo.data.batch import Batch
+    from srppo.scoring.score import Scored
+
+    B, T = mask.shape
+    batch = Batch(torch.ones(B, T + 1, dtype=torch.long), torch.ones(B, T + 1, dtype=torch.long), mask, 0)
+    return Scored(batch, logp_sft, torch.zeros_like(logp_sft), reward_raw, torch.zeros(B, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("scale", [1.0, 7.75])
+def test_kl_coef_is_per_nat_of_the_raw_reward_whatever_the_normalisation(scale):
+    """The paper's objective r(x, y) - beta * KL, in nats of the raw coherent reward. Normalising the reward by
+    `scale` must scale the KL penalty with it: the per-token rewards times `scale` sum to (r - shift) - beta*KL
+    for every response, whatever `scale` is (the old code charged beta per nat of KL against r/scale)."""
+    from srppo.config.params import PPOConfig
+    from srppo.methods.ppo.experience import build_experience
+
+    cfg = PPOConfig(kl_coef=0.2)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    logp_old = torch.tensor([[-1.0, -0.5, -2.0, 0.0], [-0.1, -0.2, -0.3, -0.4]])
+    logp_sft = torch.tensor([[-1.5, -0.5, -1.0, 0.0], [-0.3, -0.2, -0.5, -0.1]])
+    reward_raw = torch.tensor([12.0, -3.0])
+    norm = RewardNormalizer(shift=2.0, scale=scale)
+    exp = build_experience(_scored(logp_old, logp_sft, reward_raw, mask), logp_old, torch.zeros_like(mask), norm, cfg)
+    kl = ((logp_old - logp_sft) * mask).sum(-1)
+    assert (exp.rewards.sum(-1) * scale).tolist() == pytest.approx((reward_raw - 2.0 - 0.2 * kl).tolist())
+    assert exp.info["kl_coef_per_reward_nat"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("preset", ["configs/paper-mistral7b.yaml", "configs/paper-llama3-8b.yaml"])
+def test_paper_presets_charge_section_4_1_beta(preset):
+    """§4.1: "the KL coefficient as 0.2 or 0.5": the presets' penalty per nat of KL, in nats of raw reward,
+    is exactly that, with the normaliser their calibration fits (any scale)."""
+    from srppo.config.files import apply_preset
+    from srppo.methods.ppo.experience import kl_coef_normalised
+
+    params = apply_preset(preset)
+    assert params.calibrate.normalize and params.ppo.kl_coef in (0.2, 0.5)
+    for scale in (0.5, 7.75, 40.0):
+        assert kl_coef_normalised(params.ppo.kl_coef, RewardNormalizer(scale=scale)) * scale == pytest.approx(0.2)
+
+
+def test_explained_variance_and_monte_carlo_returns():
+    from srppo.methods.ppo.experience import explained_variance, monte_carlo_returns
+
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    rewards = torch.tensor([[0.5, 1.0, 9.0], [0.0, -1.0, 2.0]])
+    returns = monte_carlo_returns(rewards, mask, gamma=1.0)
+    assert returns.tolist() == [[1.5, 1.0, 0.0], [1.0, 1.0, 2.0]]
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    mean = (1.5 + 1.0 + 1.0 + 1.0 + 2.0) / 5
+    assert explained_variance(torch.full_like(returns, mean), returns, mask) == pytest.approx(0.0, abs=1e-6)
+    assert explained_variance(torch.zeros_like(returns), returns, mask) == pytest.approx(0.0, abs=1e-6)
+    assert explained_variance(-returns, returns, mask) < 0
+
+
+def test_paired_over_prompts_by_hand():
+    """SRPPO minus SFT item by item, per group: the mean difference in points and who alone passed what."""
+    from srppo.evaluation.testbed_eval import paired_over_prompts
+
+    def row(i, strict, group="compositional", domain="out", arithmetic=False):
+        return {"id": i, "strict": strict, "report_group": group, "domain": domain, "arithmetic": arithmetic}
+    sft = [row(0, True), row(1, False), row(2, False), row(3, True), row(4, True, "in_domain", "in"),
+           row(5, False, "arithmetic", "in", True)]
+    srppo = [row(0, True), row(1, True), row(2, True), row(3, False), row(4, True, "in_domain", "in"),
+             row(5, False, "arithmetic", "in", True)]
+    d = paired_over_prompts(sft, srppo, n_boot=500)
+    assert d["compositional_strict"]["mean"] == pytest.approx(25.0)  # (0 + 100 + 100 - 100) / 4
+    assert (d["compositional_strict"]["only_this"], d["compositional_strict"]["only_baseline"]) == (2, 1)
+    low, high = d["compositional_strict"]["ci95"]
+    assert -100 <= low <= 25.0 <= high <= 100
+    assert d["strict_acc"]["n"] == 5 and d["strict_acc"]["mean"] == pytest.approx(20.0)
+    assert d["in_domain_strict"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n": 1, "only_this": 0, "only_baseline": 0}
+    assert d["arithmetic_em"]["n"] == 1 and "control_strict" not in d  # no control items: no entry

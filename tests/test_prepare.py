@@ -3,20 +3,29 @@
 import json
 
 import pytest
+from conftest import ROOT
 
+from srppo.config.files import apply_preset
 from srppo.config.params import PrepareConfig
 from srppo.data.prepare import describe, prepare
 from srppo.data.records import DataError
+from srppo.testbed import FAMILIES, families_in, families_reported_as
 
 SMALL = dict(n_demos=20, n_subset_demos=6, n_dilution_demos=10, n_ppo_prompts=12, n_calibration=4,
              n_eval_per_family=2)
 
 
-@pytest.mark.parametrize("overlap, in_domain", [("minimum", 5), ("medium", 11), ("diminished", 11)])
+N_CORE = len(families_in("core"))
+N_SUBSET = min(SMALL["n_subset_demos"], len(families_in("prompt")))  # prompt families with a subset demo
+
+
+@pytest.mark.parametrize("overlap, in_domain", [("minimum", N_CORE), ("medium", N_CORE + N_SUBSET),
+                                                ("diminished", N_CORE + N_SUBSET)])
 def test_testbed_overlap_setups(overlap, in_domain):
     splits = prepare(PrepareConfig(overlap=overlap, **SMALL))
     stats = describe(splits)
-    assert stats["eval"]["rows"] == 15 * 2
+    assert stats["eval"]["rows"] == len(FAMILIES) * 2
+    assert stats["eval"]["report_groups"]["compositional"] == 2 * len(families_reported_as("compositional"))
     assert len({r["family"] for r in splits["eval"] if r["domain"] == "in"}) == in_domain
     assert all(r["messages"][0] == {"role": "system", "content": "Follow the instruction exactly."}
                for name in splits for r in splits[name])
@@ -25,6 +34,46 @@ def test_testbed_overlap_setups(overlap, in_domain):
     assert not train_prompts & {r["messages"][-1]["content"] for r in splits["eval"]}
     expected_demos = {"minimum": 20, "medium": 26, "diminished": 36}[overlap]
     assert stats["demos"]["rows"] == expected_demos
+    # prepare.ppo_demo_family_share (default 0.25) of the pool comes from the demonstrated families
+    assert sum(r["family"] in families_in("core") for r in splits["ppo_prompts"]) == 3
+
+
+def test_fidelity_preset_builds_with_enough_items_per_group():
+    cfg = apply_preset(ROOT / "configs" / "fidelity.yaml").prepare
+    assert cfg.n_eval_per_family >= 40 and cfg.n_ppo_prompts >= 2048
+    splits = prepare(cfg)  # raises if a family's template space cannot supply that many distinct prompts
+    assert len(splits["ppo_prompts"]) == cfg.n_ppo_prompts
+    by_group = describe(splits)["eval"]["report_groups"]
+    assert by_group["arithmetic"] >= 100 and by_group["compositional"] >= 200
+    assert all(n >= 40 for n in describe(splits)["eval"]["families"].values())
+
+
+def _row(family, report_group, domain, strict, arithmetic=False):
+    return {"family": family, "report_group": report_group, "domain": domain, "arithmetic": arithmetic,
+            "strict": strict, "loose": strict, "tokens": 5, "truncated": False}
+
+
+def test_eval_summary_per_report_group():
+    from srppo.evaluation.testbed_eval import HEADLINE, markdown_table, summarise
+
+    rows = [_row("uppercase", "in_domain", "in", True), _row("uppercase", "in_domain", "in", False),
+            _row("combo_upper_end", "compositional", "out", True),
+            _row("combo_lower_end", "compositional", "out", False),
+            _row("combo_lower_end", "compositional", "out", False),
+            _row("quote_wrap", "control", "out", False),
+            _row("arithmetic_two_step", "arithmetic", "in", True, arithmetic=True)]
+    s = summarise(rows)
+    assert (s["in_domain_strict"], s["compositional_strict"], s["control_strict"]) == (50.0, 33.33, 0.0)
+    assert s["out_domain_strict"] == 25.0 and s["arithmetic_em"] == 100.0 and s["strict_acc"] == 33.33
+    assert s["families"]["combo_lower_end"]["report_group"] == "compositional"
+    # medium/diminished: a compositional family in the demonstrations counts as in-domain, not compositional
+    demonstrated = [{**r, "domain": "in"} if r["family"] == "combo_upper_end" else r for r in rows]
+    s = summarise(demonstrated)
+    assert s["in_domain_strict"] == round(100 * 2 / 3, 2) and s["compositional_strict"] == 0.0
+    assert summarise([_row("ifeval", "", "out", True)])["compositional_strict"] is None  # real-data rows
+    table = markdown_table({"sft": s})
+    assert all(label in table for _, label in HEADLINE)
+    assert "| combo_lower_end | out | compositional | 0.00 |" in table
 
 
 def _write(path, rows):

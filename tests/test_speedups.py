@@ -8,7 +8,6 @@ import torch
 from srppo.config.files import ConfigError
 from srppo.config.params import Params, PPOConfig
 from srppo.data.batch import collate, encode_prompt, select_rows
-from srppo.methods.ppo.experience import engine_logprobs
 from srppo.methods.ppo.roles import ppo_roles, recompute_activations
 from srppo.methods.ppo.trainer import PPOTrainer, Roles
 from srppo.models.loading import load_causal_lm, load_tokenizer, load_value_model
@@ -16,7 +15,7 @@ from srppo.models.logprobs import shared_prompt_logprobs, token_logprobs
 from srppo.rollout.engine import SamplingParams, TokenSampler, make_engine
 from srppo.runtime.distributed import adamw
 from srppo.scoring.rewards import RewardNormalizer
-from srppo.scoring.score import in_chunks
+from srppo.scoring.score import engine_logprobs, in_chunks, recorded_logprobs_are_the_models, score
 
 CPU = torch.device("cpu")
 PROMPTS = [[{"role": "user", "content": text}] for text in
@@ -43,6 +42,25 @@ def test_hf_engine_logprobs_equal_the_trainers(tiny_sft_dir, temperature):
     engine = engine_logprobs(gens, trainer)
     assert torch.allclose(engine, trainer, atol=1e-4), (engine - trainer).abs().max()
     assert (engine * batch.action_mask).sum() < 0  # real log-probs, not zeros
+
+
+def test_scoring_p_sfts_own_samples_reuses_their_recorded_logprobs(tiny_dir, tiny_sft_dir):
+    # the rollouts, calibrate and diagnose stages score p_SFT's own samples: at temperature 1 the hf
+    # engine's recorded log-probs are p_SFT's, so score() spares that forward and gives the same reward
+    tok = load_tokenizer(tiny_sft_dir)
+    sft, pt = load_causal_lm(tiny_sft_dir, CPU, torch.float32), load_causal_lm(tiny_dir, CPU, torch.float32)
+    engine = make_engine("hf", sft, tok, batch_size=4)
+    torch.manual_seed(0)
+    sampling = SamplingParams(max_new_tokens=12)
+    gens = engine.generate([encode_prompt(tok, m) for m in PROMPTS], sampling)
+    assert recorded_logprobs_are_the_models(engine, sampling)
+    for other in (SamplingParams(temperature=0.7), SamplingParams(top_p=0.9), SamplingParams(greedy=True)):
+        assert not recorded_logprobs_are_the_models(engine, other)
+    with torch.no_grad():
+        full = score(gens, sft, pt, tok.pad_token_id, CPU)
+        reused = score(gens, None, pt, tok.pad_token_id, CPU, sampled_by_sft=True)  # no p_SFT model at all
+    assert torch.allclose(reused.logp_sft, full.logp_sft, atol=1e-4)
+    assert torch.allclose(reused.reward_raw, full.reward_raw, atol=1e-3)
 
 
 def test_hf_engine_shares_a_repeated_prompts_prefill(tiny_sft_dir):
@@ -217,7 +235,9 @@ def test_fused_adamw_steps_like_torchs_default():
 
 
 @pytest.mark.parametrize("ppo, lora, expected", [
-    ({}, False, True), ({"estimator": "grpo", "group_size": 4}, False, False), ({}, True, False),
+    ({}, False, False), ({"activation_checkpointing": "auto"}, False, True),
+    ({"activation_checkpointing": "auto", "estimator": "grpo", "group_size": 4}, False, False),
+    ({"activation_checkpointing": "auto"}, True, False),
     ({"activation_checkpointing": False}, False, False),
     ({"activation_checkpointing": True, "estimator": "rloo", "group_size": 2}, False, True),
     ({"activation_checkpointing": True}, True, False)])

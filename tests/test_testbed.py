@@ -1,13 +1,14 @@
 """Tests of the verifiable instruction testbed (pure Python, fast)."""
 
+import hashlib
 import json
 import re
 
 import pytest
 
 from srppo.testbed import (
-    CHECKERS, FAMILIES, FAMILY_GROUPS, OVERLAPS, build_splits, check_response,
-    families_in, generate_family, parse_final_number,
+    CHECKERS, FAMILIES, FAMILY_GROUPS, FAMILY_REPORT_GROUPS, OVERLAPS, REPORT_GROUPS, build_splits,
+    check_response, families_in, families_reported_as, generate_family, parse_final_number,
 )
 from srppo.testbed.content import TOPICS, keyword_candidates
 
@@ -29,9 +30,50 @@ def _prompt(record):
 def test_registry_groups():
     assert len(FAMILY_GROUPS) >= 12
     assert set(FAMILY_GROUPS.values()) == {"core", "prompt", "heldout"}
-    assert families_in("core") == ["uppercase", "lowercase", "include_keyword", "end_phrase",
-                                   "arithmetic_two_step"]
+    # the core families lead the registry: splits carve pools in registry order (see the pinned demos below)
+    assert list(FAMILIES)[:5] == families_in("core") == ["uppercase", "lowercase", "include_keyword",
+                                                         "end_phrase", "arithmetic_two_step"]
     assert FAMILY_GROUPS["arithmetic_three_step"] == "heldout"
+    assert "word_limit" not in FAMILIES and "no_comma" not in FAMILIES
+
+
+def test_report_groups():
+    assert set(FAMILY_REPORT_GROUPS.values()) == set(REPORT_GROUPS)
+    assert families_reported_as("in_domain") == ["uppercase", "lowercase", "include_keyword", "end_phrase"]
+    assert families_reported_as("control") == ["bullet_list", "quote_wrap", "start_phrase", "title_brackets"]
+    assert families_reported_as("arithmetic") == [f for f in FAMILIES if f.startswith("arithmetic_")]
+    compositional = families_reported_as("compositional")
+    assert 6 <= len(compositional) <= 8
+    assert {"combo_upper_end", "combo_lower_keyword_limit"} <= set(compositional)
+    # most transfer families train PPO; one or two stay for evaluation only, with title_brackets
+    heldout = [f for f in compositional if FAMILY_GROUPS[f] == "heldout"]
+    assert 1 <= len(heldout) <= 2 and FAMILY_GROUPS["title_brackets"] == "heldout"
+    assert all(FAMILY_GROUPS[f] == "prompt" for f in ("start_phrase", "quote_wrap", "bullet_list"))
+    # in-domain families are exactly the demonstrated (core) non-arithmetic ones
+    assert set(families_reported_as("in_domain")) == set(families_in("core")) - {"arithmetic_two_step"}
+    with pytest.raises(ValueError, match="compositional"):
+        families_reported_as("transfer")
+
+
+@pytest.mark.parametrize("family", families_reported_as("compositional"))
+def test_compositional_families_only_use_demonstrated_checks(family):
+    """A transfer family asks only for what the core demonstrations show (case, keyword, ending),
+    plus the word limit of the one combination kept from before, so following p_SFT is compliance."""
+    demonstrated = {c["kind"] for f in families_in("core") for r in generate_family(f, 20, 0) for c in r["checks"]}
+    kinds = {c["kind"] for r in generate_family(family, N, seed=0) for c in r["checks"]}
+    assert kinds <= demonstrated | {"word_limit"}, kinds
+
+
+def test_paraphrases_never_reuse_a_demonstrated_wording():
+    from srppo.testbed import families as fam
+
+    for paraphrase in fam.PARA_UPPER + fam.PARA_LOWER + fam.PARA_END:
+        assert all(paraphrase != w and paraphrase.lower() not in w.lower() for w in fam.UPPER + fam.LOWER + fam.END)
+    demo_prompts = [_prompt(r) for f in families_in("core") for r in generate_family(f, 200, 0)]
+    for family in ("paraphrase_case", "paraphrase_end"):
+        for r in generate_family(family, N, seed=0):
+            assert not any(w.split("{")[0] in _prompt(r) for w in fam.UPPER + fam.LOWER + fam.END), _prompt(r)
+    assert all(not any(q.split("{")[0] in p for q in fam.QA_TASKS) for p in demo_prompts)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -72,7 +114,7 @@ def test_fact_table_fits_every_constraint():
 
 
 def test_arithmetic_answers_are_small_and_consistent():
-    for family in ("arithmetic_add_sub", "arithmetic_two_step", "arithmetic_three_step"):
+    for family in families_reported_as("arithmetic"):
         for r in generate_family(family, 200, seed=1):
             value = r["checks"][0]["value"]
             assert 0 <= value < 200
@@ -182,7 +224,50 @@ def test_demo_families_per_setup(splits):
     assert _families(splits["medium"]["demos"]) == core | prompt
     assert _families(splits["diminished"]["demos"]) == core | prompt
     for overlap in OVERLAPS:
-        assert _families(splits[overlap]["ppo_prompts"]) == prompt
+        assert _families(splits[overlap]["ppo_prompts"]) == core | prompt
+
+
+# sha256 of the default's (prepare section of params.yaml) demonstrations and core eval records, computed
+# before the out-of-domain families were added: new families must never change what SFT trains on.
+DEFAULT_SIZES = ("minimum", 0, 192, 32, 96, 256, 32, 12)
+DEFAULT_DEMOS_SHA256 = "88b40835686373f6cf226d9d26d8544d861af850754629f236451102a185a49e"
+DEFAULT_CORE_EVAL_SHA256 = "b6aa587ed49d6265520527a0ee1e68e1d22049874546608f6cc0283b1ad676c3"
+
+
+def _sha256(records):
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
+def test_default_demos_and_core_eval_are_pinned():
+    s = build_splits(*DEFAULT_SIZES)
+    assert _sha256(s["demos"]) == DEFAULT_DEMOS_SHA256
+    labels = ("group", "domain", "report_group")
+    core_eval = [{k: v for k, v in r.items() if k not in labels}
+                 for r in s["eval"] if FAMILY_GROUPS[r["family"]] == "core"]
+    assert _sha256(core_eval) == DEFAULT_CORE_EVAL_SHA256
+    # the share of core prompts in the PPO pool is carved after the demos: any share, same demos
+    assert _sha256(build_splits(*DEFAULT_SIZES, ppo_demo_family_share=0.0)["demos"]) == DEFAULT_DEMOS_SHA256
+    assert _sha256(build_splits(*DEFAULT_SIZES, ppo_demo_family_share=0.9)["demos"]) == DEFAULT_DEMOS_SHA256
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5])
+def test_ppo_pool_share_from_demonstrated_families(share):
+    s = build_splits("diminished", seed=0, **SIZES, ppo_demo_family_share=share)
+    core = set(families_in("core"))
+    from_core = [r for r in s["ppo_prompts"] if r["family"] in core]
+    assert len(s["ppo_prompts"]) == SIZES["n_ppo_prompts"]
+    assert len(from_core) == round(share * SIZES["n_ppo_prompts"])
+    if share:
+        assert _families(from_core) == core
+    # fresh prompts: never a demonstration's, a calibration item's or an eval item's
+    held = {_prompt(r) for part in ("demos", "calibration", "eval") for r in s[part]}
+    assert not {_prompt(r) for r in from_core} & held
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0])
+def test_ppo_pool_share_bounds(share):
+    with pytest.raises(ValueError, match="ppo_demo_family_share"):
+        build_splits("minimum", seed=0, **SIZES, ppo_demo_family_share=share)
 
 
 def test_split_sizes(splits):
@@ -220,6 +305,7 @@ def test_domain_labels(splits):
         assert _families(s["eval"]) == set(FAMILIES)
         for r in s["eval"]:
             assert r["group"] == FAMILY_GROUPS[r["family"]]
+            assert r["report_group"] == FAMILY_REPORT_GROUPS[r["family"]]
             assert r["domain"] == ("in" if r["family"] in demo_families else "out")
     domains = lambda ov, group: {r["domain"] for r in splits[ov]["eval"] if r["group"] == group}
     assert domains("minimum", "prompt") == {"out"} and domains("medium", "prompt") == {"in"}
@@ -229,7 +315,7 @@ def test_domain_labels(splits):
 def test_shared_parts_are_stable_across_setups(splits):
     ids = lambda ov, part: [r["id"] for r in splits[ov][part]]
     assert ids("minimum", "eval") == ids("medium", "eval") == ids("diminished", "eval")
-    assert ids("minimum", "ppo_prompts") == ids("medium", "ppo_prompts")
+    assert ids("minimum", "ppo_prompts") == ids("medium", "ppo_prompts") == ids("diminished", "ppo_prompts")
     assert set(ids("minimum", "demos")) < set(ids("medium", "demos"))
 
 

@@ -130,7 +130,7 @@ def vllm_repo(tmp_path_factory, vllm_pt):
     repo = make_repo(tmp_path_factory.mktemp("vllm_repo"), vllm_pt,
                      {"rollouts": {"engine": "vllm"}, "eval": {"models": ["sft", "srppo"]}})
     out = run(["dvc", "repro"], repo)
-    assert stages_run(out) == {"base", "prepare", "sft", "calibrate", "rollouts", "ppo", "eval"}
+    assert stages_run(out) == {"base", "prepare", "sft", "diagnose", "calibrate", "rollouts", "ppo", "eval"}
     return repo
 
 

@@ -57,6 +57,9 @@ SCRIPTS = {
     "calibrate": Script([("base_dir", "in"), ("sft_dir", "in"), ("calibration", "in"), ("prompts", "in"),
                          ("reward_norm", "out"), ("metrics", "metrics"), ("report", "report"), ("png", "plot")],
                         [*RUNTIME_KEYS, "calibrate", "reward", *SAMPLING_KEYS], ["reward.model_path"]),
+    "diagnose": Script([("base_dir", "in"), ("sft_dir", "in"), ("prompts", "in"), ("diagnose_dir", "out"),
+                        ("metrics", "metrics"), ("report", "report")],
+                       [*RUNTIME_KEYS, "diagnose", "reward", *SAMPLING_KEYS, "eval.judge"], ["reward.model_path"]),
     "rollouts": Script([("base_dir", "in"), ("sft_dir", "in"), ("prompts", "in"), ("rollouts_dir", "out"),
                         ("metrics", "metrics"), ("report", "report")], [*RUNTIME_KEYS, "rollouts", "reward"],
                        ["reward.model_path"]),
@@ -99,6 +102,10 @@ MAIN = {
                                            for s in ("demos", "ppo_prompts", "calibration", "eval")]}}),
     "sft": ("sft", {"base_dir": "data/base", "demos": "data/prepared/demos.jsonl", "out_dir": "data/sft",
                     "metrics": "metrics/sft.json", "report": "reports/sft.json", "live_dir": "dvclive/sft"}, {}),
+    # a diagnostic beside the method, before PPO: does the reward point toward the checker? Nothing reads it.
+    "diagnose": ("diagnose", {"base_dir": "data/base", "sft_dir": "data/sft", "prompts": "data/prepared/eval.jsonl",
+                              "diagnose_dir": "data/diagnose", "metrics": "metrics/diagnose.json",
+                              "report": "reports/diagnose.json"}, {}),
     "calibrate": ("calibrate", {"base_dir": "data/base", "sft_dir": "data/sft",
                                 "calibration": "data/prepared/calibration.jsonl",
                                 "prompts": "data/prepared/ppo_prompts.jsonl",
@@ -119,6 +126,10 @@ MAIN = {
 O, C = "${item.overlap}", "${item.overlap}-s${item.seed}"  # a setup's and a cell's folder in the grid
 D, G = "comparison/data", "comparison"
 SEED = "runtime.seed=${item.seed}"
+# p_SFT is trained per cell, with the cell's seed, so that SFT's own seed variance enters every interval
+# of the table; the §5 data filter (one seed per setup) uses the first seed's cell: FIRST, FIRST_SEED.
+SFT = f"{D}/{C}/sft"
+FIRST, FIRST_SEED = f"{D}/{O}-s${{seeds[0]}}/sft", "runtime.seed=${seeds[0]}"
 RM = f"reward.source=model reward.model_path={D}/{C}/reward_model"
 CELL = {"overlap": "${overlaps}", "seed": "${seeds}"}
 
@@ -139,7 +150,7 @@ def _results(cell: str, name: str, live: bool = False, png: bool = False) -> dic
 
 def _ppo_method(prefix: str, settings: str, extra: list[str]) -> dict:
     """calibrate -> rollouts -> ppo of one cell, as in the main pipeline (SRPPO, or RM-PPO with `settings`)."""
-    frozen = {"base_dir": "data/base", "sft_dir": f"{D}/{O}/sft"}
+    frozen = {"base_dir": "data/base", "sft_dir": SFT}
     prompts = f"{D}/{O}/prepared/ppo_prompts.jsonl"
     norm, rollouts = f"{D}/{C}/{prefix}/reward_norm.json", f"{D}/{C}/{prefix}/rollouts"
     return {
@@ -158,40 +169,43 @@ def _ppo_method(prefix: str, settings: str, extra: list[str]) -> dict:
 COMPARISON = {
     "prepare": ("prepare", {"prepared_dir": f"{D}/{O}/prepared", **_results(O, "prepare")},
                 {"foreach": True, "set": "prepare.overlap=${item.overlap}"}),
-    "sft": ("sft", {"base_dir": "data/base", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{O}/sft",
-                    **_results(O, "sft", live=True)}, {"foreach": True}),
+    "sft": _cell("sft", {"base_dir": "data/base", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": SFT,
+                         **_results(C, "sft", live=True)}, SEED),
     "sft_extended": _cell("sft", {
-        "base_dir": f"{D}/{O}/sft", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/sft_extended",
+        "base_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/sft_extended",
         **_results(C, "sft_extended", live=True)}, f"{SEED} sft.epochs=${{sft_extended_epochs}}"),
-    "spin": _cell("spin", {"sft_dir": f"{D}/{O}/sft", "demos": f"{D}/{O}/prepared/demos.jsonl",
+    "spin": _cell("spin", {"sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl",
                                    "out_dir": f"{D}/{C}/spin", **_results(C, "spin", live=True)}, SEED),
     "reward_model": _cell("reward_model", {
-        "sft_dir": f"{D}/{O}/sft", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/reward_model",
+        "sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/reward_model",
         **_results(C, "reward_model", live=True)}, SEED),
     **_ppo_method("srppo", SEED, []),
     **_ppo_method("rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"]),
     "eval": _cell("eval", {
         "eval_items": f"{D}/{O}/prepared/eval.jsonl", "eval_dir": f"{D}/{C}/eval", **_results(C, "eval"),
         "cache_dir": "data/cache/eval",
-        "models": {"sft": f"{D}/{O}/sft", "sft_extended": f"{D}/{C}/sft_extended", "spin": f"{D}/{C}/spin",
+        "models": {"sft": SFT, "sft_extended": f"{D}/{C}/sft_extended", "spin": f"{D}/{C}/spin",
                    "rm_ppo": f"{D}/{C}/rm_ppo/model", "srppo": f"{D}/{C}/srppo/model"}},
         f"{SEED} eval.models=[sft, sft_extended, spin, rm_ppo, srppo]"),
     # The coherent reward as a data filter (§5): the top keep_fraction of the demonstrations by r(x, y)
     # under this setup's p_SFT / p_PT, against a random subset of the same size, each fine-tuned from p_PT.
-    "filter": ("filter_demos", {"base_dir": "data/base", "sft_dir": f"{D}/{O}/sft",
+    # One seed per setup, the grid's first: its cell's p_SFT scores the demonstrations and is the "all
+    # demonstrations" row, and the two subsets are trained with that seed too, so the three rows differ only
+    # in their data. Reusing that cell's p_SFT costs no extra SFT run and keeps one p_SFT per cell.
+    "filter": ("filter_demos", {"base_dir": "data/base", "sft_dir": FIRST,
                                 "demos": f"{D}/{O}/prepared/demos.jsonl", "filter_dir": f"{D}/{O}/filter",
-                                **_results(O, "filter")}, {"foreach": True}),
+                                **_results(O, "filter")}, {"foreach": True, "set": FIRST_SEED}),
     "sft_filtered": _cell("sft", {
         "base_dir": "data/base", "demos": f"{D}/{O}/filter/${{item.subset}}.jsonl",
-        "out_dir": f"{D}/{O}/sft_${{item.subset}}", **_results(O, "sft_${item.subset}", live=True)},
+        "out_dir": f"{D}/{O}/sft_${{item.subset}}", **_results(O, "sft_${item.subset}", live=True)}, FIRST_SEED,
         matrix={"overlap": "${overlaps}", "subset": ["top", "random"]}),
     "filter_eval": ("eval", {"eval_items": f"{D}/{O}/prepared/eval.jsonl", "eval_dir": f"{D}/{O}/filter_eval",
                              **_results(O, "filter_eval"), "cache_dir": "data/cache/eval",
-                             "models": {"sft": f"{D}/{O}/sft", "sft_filtered": f"{D}/{O}/sft_top",
+                             "models": {"sft": FIRST, "sft_filtered": f"{D}/{O}/sft_top",
                                         "sft_random": f"{D}/{O}/sft_random"}},
-                    {"foreach": True, "set": "eval.models=[sft, sft_filtered, sft_random]"}),
+                    {"foreach": True, "set": f"{FIRST_SEED} eval.models=[sft, sft_filtered, sft_random]"}),
     # The tables and the bar plot: mean +- std over seeds per method and setup, and SRPPO's paired
-    # difference to each baseline.
+    # difference to each baseline per group of the testbed (in-domain, compositional, control, ...).
     "table": ("compare", {"metrics_dir": f"{G}/metrics", "results_dir": f"{G}/results", "grid": f"{G}/grid.yaml"},
               {}),
 }
@@ -363,7 +377,8 @@ def render(pipeline: dict, intro: str) -> str:
     return HEADER + intro + text.replace("\nstages:\n", "\n\nstages:\n").replace("\nplots:\n", "\n\nplots:\n")
 
 
-MAIN_INTRO = """# The SRPPO pipeline: base -> prepare -> sft -> calibrate -> rollouts -> ppo -> eval. Paths appear here once;
+MAIN_INTRO = """# The SRPPO pipeline: base -> prepare -> sft -> calibrate -> rollouts -> ppo -> eval, and beside it after sft
+# `diagnose` (does the reward point toward the checker?), which nothing reads. Paths appear here once;
 # stage scripts take them as arguments. metrics/<stage>.json: the few numbers `dvc exp show` compares across
 # runs; reports/<stage>.json: everything else the stage measured (timings, breakdowns, paths);
 # dvclive/<stage>/: per-step curves, written by DVCLive while the stage runs and drawn by `plots:` below.
@@ -408,6 +423,14 @@ PLOTS = f"""
     y: {{{_PPO}/warmup/eos_rate.tsv: eos_rate, {_PPO}/eos_rate.tsv: eos_rate}}}}
 - ppo_value_loss: {{title: "PPO: critic value loss", x: step, x_label: "warm-up buffer, then PPO iteration",
     y_label: value loss, y: {{{_PPO}/warmup/value_loss.tsv: value_loss, {_PPO}/value_loss.tsv: value_loss}}}}
+- ppo_heldout_value_loss: {{title: "Critic warm-up: value loss on the held-out buffer, and on each buffer before
+    training on it", x: step, x_label: warm-up buffer, y_label: "½ mean (V - R)² over response tokens",
+    y: {{{_PPO}/warmup/heldout_value_loss.tsv: heldout_value_loss,
+    {_PPO}/warmup/value_loss_before.tsv: value_loss_before}}}}
+- ppo_explained_variance: {{title: "PPO: explained variance of the critic on data it has not trained on",
+    x: step, x_label: "warm-up buffer (held-out buffer), then PPO iteration (the new buffer, before the update)",
+    y_label: "1 - Var(R - V) / Var(R)", y: {{{_PPO}/warmup/heldout_explained_variance.tsv: heldout_explained_variance,
+    {_PPO}/explained_variance.tsv: explained_variance}}}}
 - ppo_policy_loss: {{title: "PPO: clipped policy loss", x: step, x_label: PPO iteration (after the warm-up buffers),
     y_label: policy loss, y: {{{_PPO}/policy_loss.tsv: policy_loss}}}}
 - ppo_clip_frac: {{title: "PPO: clipped fraction", x: step, x_label: PPO iteration (after the warm-up buffers),

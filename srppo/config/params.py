@@ -86,6 +86,10 @@ class PrepareConfig(Section):
     n_subset_demos: int = Field(32, ge=0, description="medium/diminished: demos of the PPO prompt families.")
     n_dilution_demos: int = Field(96, ge=0, description="diminished: extra core demos that dilute the overlap.")
     n_ppo_prompts: int = Field(256, ge=1, description="PPO prompt pool size.")
+    ppo_demo_family_share: float = Field(
+        0.25, ge=0, lt=1, description="Testbed: share of the PPO prompt pool drawn from the demonstrated (core) "
+        "families, fresh prompts never in the demos or eval, as UltraFeedback's prompts overlap Tulu's; the rest "
+        "come from the prompt families.")
     n_calibration: int = Field(32, ge=2, description="Held-out demonstrations for reward calibration.")
     n_eval_per_family: int = Field(12, ge=1, description="Eval prompts per testbed family.")
     # Real data ('files'): demonstrations, the medium-overlap subset, the diminished dilution, prompts, evals.
@@ -213,6 +217,29 @@ class CalibrateConfig(Section):
     clip_margin: float = Field(1.0, ge=0, description="Added on both sides of the quantile clip range.")
 
 
+class DiagnoseConfig(Section):
+    """Before PPO: does the reward point toward the checker? Best-of-k by reward among p_SFT's samples against
+    their pass rate, per family (srppo/evaluation/diagnose.py). The prompts file is the stage's argument."""
+
+    n_prompts_per_family: int = Field(
+        2, ge=1, description="Prompts drawn per family (seeded); all when fewer. The embedded default keeps it "
+        "cheap (2 x 8 samples per family, about 2 minutes); docs/results/reward-diagnostic.md uses 12.")
+    samples_per_prompt: int = Field(8, ge=1, description="p_SFT samples per prompt: the n of pass@k and best-of-k.")
+    ks: list[int] = Field([1, 2, 4, 8], min_length=1, description="Best-of-k sizes, each at most samples_per_prompt; "
+                          "best-of-k costs ln k - (k-1)/k nats of KL to p_SFT.")
+    temperature: float | None = Field(None, gt=0, description="Sampling temperature; null = rollouts.temperature.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Tokens per sample; null = rollouts.max_new_tokens.")
+    margin: float = Field(5.0, ge=0, description="Points of accuracy best-of-(largest k) must gain over the pass rate "
+                          "for the verdict 'toward' (or lose, for 'away'); in between: 'flat'.")
+
+    @model_validator(mode="after")
+    def _ks_fit_the_samples(self):
+        if min(self.ks) < 1 or max(self.ks) > self.samples_per_prompt:
+            raise ValueError(f"diagnose.ks ({self.ks}) must lie in [1, diagnose.samples_per_prompt="
+                             f"{self.samples_per_prompt}]: best-of-k picks among one prompt's samples")
+        return self
+
+
 class VLLMOptions(Section):
     """The vLLM engine (rollouts.engine: vllm), colocated with the trainer in the same process."""
 
@@ -241,7 +268,9 @@ class RolloutConfig(Section):
         16, ge=1, description="Sequences per no-grad forward when scoring rollouts (p_SFT, p_PT) and making "
         "PPO experience (actor, critic): bounds the logits' memory (B x T x vocab in fp32).")
     buffer_size: int = Field(16, ge=1, description="Rollouts per buffer (paper: 1024).")
-    n_buffers: int = Field(2, ge=1, description="Buffers written for critic warm-up (paper: 35).")
+    n_buffers: int = Field(
+        7, ge=1, description="Buffers written for the critic warm-up (paper: 35), one more than "
+        "ppo.critic_warmup_buffers to hold one out.")
 
 
 # The estimators that need several samples per prompt; mirrors srppo.methods.ppo.estimators.GROUPED so this
@@ -267,12 +296,22 @@ class PPOConfig(Section):
         True, description="grpo: divide by the group's reward std. false = Dr. GRPO (arXiv 2503.20783): the "
         "division up-weights prompts whose samples all score alike.")
     iterations: int = Field(10, ge=1, description="PPO iterations (one buffer each) after the warm-up.")
-    critic_warmup_buffers: int = Field(2, ge=0, description="Critic-only updates on the `rollouts` buffers (paper: 35).")
+    critic_warmup_buffers: int = Field(
+        6, ge=0, description="Critic-only updates on the first `rollouts` buffers (paper: 35); one more buffer, "
+        "when rollouts.n_buffers has it, is held out to measure the critic's fit (explained variance).")
+    critic_warmup_epochs: int = Field(
+        2, ge=1, description="Sweeps over all the warm-up buffers (one pass per buffer each): a supervised fit "
+        "of the Monte Carlo returns, as over one data set.")
+    value_head_lr: float | None = Field(
+        3e-4, gt=0, description="Learning rate of the critic's value head (zero-initialised on p_SFT's features); "
+        "null = ppo.critic_lr. At the body's rate the head needs hundreds of steps to learn the returns' scale.")
     actor_lr: float = Field(
         1e-5, gt=0, description="Paper: {5e-8, 2e-8, 1e-8} at 7B with 1024-sample buffers; a 135M model with "
         "16-sample buffers and 10 iterations needs far larger steps to move at all.")
     critic_lr: float = Field(9e-6, gt=0, description="Paper: 9e-6.")
-    kl_coef: float = Field(0.2, ge=0, description="Per-token KL penalty to p_SFT. Paper: 0.2 or 0.5.")
+    kl_coef: float = Field(
+        0.2, ge=0, description="KL penalty to p_SFT per nat of KL, in nats of the raw reward (the paper's beta: "
+        "0.2 or 0.5), whatever calibrate.normalize does: reward and KL are scaled together.")
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip. Paper: 0.2.")
     value_clip: float | None = Field(0.2, description="Clip value updates around the old values; null = off.")
     gamma: float = Field(1.0, ge=0, le=1, description="Paper: 1.")
@@ -289,10 +328,11 @@ class PPOConfig(Section):
         "temperature: equal up to float noise), actor for vLLM (its kernels and dtype differ). Either way the "
         "gap between the two is logged (engine_logprob_gap_max). Needs rollouts.top_p = 1 to use the engine's.")
     activation_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="Recompute the actor's and critic's layer activations in the backward pass instead "
-        "of keeping them. 'auto': on for full fine-tuning with a critic (four models and two Adam states "
-        "resident, so activations plus gradients set the peak: 6.2 -> 5.7 GB on the embedded default, for "
-        "~15 % more update time), off for critic-free estimators. Full fine-tuning only: LoRA's peak is far lower.")
+        False, description="Recompute the actor's and critic's layer activations in the backward pass instead "
+        "of keeping them: less memory for more update time. 'auto': on for full fine-tuning with a critic (four "
+        "models and two Adam states resident, so activations plus gradients set the peak: 6.2 -> 5.7 GB on the "
+        "embedded default, for ~15 % more update time), off for critic-free estimators. Off by default: the "
+        "embedded default's peak fits a laptop either way. Full fine-tuning only: LoRA's peak is far lower.")
     group_by_length: bool = Field(
         True, description="Put rollouts of similar length in the same mini-batch (mini-batches in random order): "
         "a forward is as wide as its longest row, so mixed lengths pay for padding.")
@@ -363,8 +403,9 @@ class EvalConfig(Section):
     batch_size: int = Field(16, ge=1)
     models: list[Literal["pretrained", "sft", "srppo", "sft_extended", "spin", "rm_ppo", "sft_filtered",
                          "sft_random"]] = Field(
-        ["pretrained", "sft", "srppo"], description="Models to evaluate, by the names the eval stage is given "
-        "(dvc.yaml: pretrained, sft, srppo; comparison/dvc.yaml adds the baselines).")
+        ["sft", "srppo"], description="Models to evaluate, by the names the eval stage is given "
+        "(dvc.yaml: pretrained, sft, srppo; comparison/dvc.yaml adds the baselines). The embedded default leaves "
+        "p_PT out to keep `dvc repro` within 15 minutes (its row: configs/fidelity.yaml, docs/results/).")
     benchmarks: BenchmarkConfig = BenchmarkConfig()
     judge: JudgeConfig = JudgeConfig()
 
@@ -375,6 +416,7 @@ class Params(Section):
     prepare: PrepareConfig = PrepareConfig()
     sft: SFTConfig = SFTConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
+    diagnose: DiagnoseConfig = DiagnoseConfig()
     rollouts: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()

@@ -26,7 +26,8 @@ def testbed_splits(cfg: PrepareConfig) -> dict[str, list[dict]]:
 
     return build_splits(cfg.overlap, seed=cfg.seed, n_demos=cfg.n_demos, n_subset_demos=cfg.n_subset_demos,
                         n_dilution_demos=cfg.n_dilution_demos, n_ppo_prompts=cfg.n_ppo_prompts,
-                        n_calibration=cfg.n_calibration, n_eval_per_family=cfg.n_eval_per_family)
+                        n_calibration=cfg.n_calibration, n_eval_per_family=cfg.n_eval_per_family,
+                        ppo_demo_family_share=cfg.ppo_demo_family_share)
 
 
 def _load(src, seed: int) -> list[dict]:
@@ -71,4 +72,6 @@ def describe(splits: dict[str, list[dict]]) -> dict:
     out = {name: {"rows": len(recs), "families": dict(Counter(r.get("family", "?") for r in recs))}
            for name, recs in splits.items()}
     out["eval"]["domains"] = dict(Counter(r.get("domain", "out") for r in splits["eval"]))
+    if any("report_group" in r for r in splits["eval"]):
+        out["eval"]["report_groups"] = dict(Counter(r.get("report_group", "?") for r in splits["eval"]))
     return out

@@ -3,9 +3,11 @@
 Input: one eval metrics file per cell, `<setup>-s<seed>/eval.json`, as the `eval` stage writes it
 ({method: {metric: value, "benchmarks": {task: {metric: value}}, "alpaca_eval": {...}}}). Scores are
 percentages, higher is better; "Average" is the mean of the benchmark columns, as in the paper
-(the in-/out-of-domain breakdown of the instruction score is shown but not averaged). SRPPO is compared with each
-baseline seed by seed (same seed, same prompts): a paired difference whose 95 % t-interval excludes
-zero counts as beyond seed noise.
+(the breakdown of the instruction score by group of families is shown but not averaged). SRPPO is compared with
+each baseline seed by seed (same seed, same p_SFT, same prompts), on every group of the testbed and on the
+Average: a paired difference whose 95 % t-interval excludes zero counts as beyond seed noise. The groups
+differ in what they measure (families SFT saw, compositions of them, control families no method should move),
+so one Average could hide a gain on one and a loss on another. One seed gives no interval: it says n=1.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ METHODS = {"sft": "SFT", "sft_extended": "SFT (extended)", "spin": "SPIN", "rm_p
 FILTER_METHODS = {"sft": "SFT on all demonstrations", "sft_filtered": "SFT on the top by coherent reward",
                   "sft_random": "SFT on a random subset of the same size"}
 TESTBED = [("strict_acc", "IF strict"), ("loose_acc", "IF loose"), ("in_domain_strict", "IF in-domain"),
-           ("out_domain_strict", "IF out-of-domain"), ("arithmetic_em", "Arithmetic EM")]
+           ("out_domain_strict", "IF out-of-domain"), ("compositional_strict", "IF compositional"),
+           ("control_strict", "IF control"), ("arithmetic_em", "Arithmetic EM")]
 # subsets of "IF strict": shown, but left out of the Average (the paper averages benchmarks)
-BREAKDOWN = ("IF in-domain", "IF out-of-domain")
+BREAKDOWN = ("IF in-domain", "IF out-of-domain", "IF compositional", "IF control")
+# the columns SRPPO's paired differences are reported on; a column no cell has (older metrics) is skipped
+GROUPS = ("IF strict", "IF in-domain", "IF compositional", "IF control", "IF out-of-domain", "Arithmetic EM",
+          "Average")
 CELL = re.compile(r"^(?P<setup>.+)-s(?P<seed>\d+)$")
 # two-sided 95 % Student-t critical values by degrees of freedom (df > 30: the normal 1.96)
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -68,6 +74,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, sd
 
 
+def t_interval(values: list[float]) -> dict:
+    """Mean, sample std, n and the two-sided 95 % Student-t interval of the mean. With one value the std and
+    the interval are None: a single seed says nothing about seed noise, and no number should pretend to."""
+    m, sd = mean_std(values)
+    n = len(values)
+    if n < 2:
+        return {"mean": round(m, 2), "std": None, "n": n, "ci95": None}
+    half = (T95[n - 2] if n - 1 <= len(T95) else 1.96) * sd / math.sqrt(n)
+    return {"mean": round(m, 2), "std": round(sd, 2), "n": n, "ci95": [round(m - half, 2), round(m + half, 2)]}
+
+
 def columns(rows: list[dict]) -> list[str]:
     seen = [k for r in rows for k in r if k not in ("setup", "seed", "method")]
     ordered = [label for _, label in TESTBED] + sorted(set(seen) - {label for _, label in TESTBED} - {"Average"})
@@ -94,20 +111,39 @@ def summarise(rows: list[dict]) -> dict:
 
 def paired_difference(rows: list[dict], setup: str, baseline: str, column: str = "Average",
                       method: str = "srppo") -> dict | None:
-    """SRPPO minus `baseline` on `column`, seed by seed; its mean, std, 95 % interval and verdict."""
+    """SRPPO minus `baseline` on `column`, seed by seed (only seeds where both have it); its mean, std, 95 %
+    interval and verdict. None when no seed has both."""
     by_seed = {(r["method"], r["seed"]): r.get(column) for r in rows if r["setup"] == setup}
     diffs = [by_seed[(method, s)] - by_seed[(baseline, s)] for (m, s) in by_seed
              if m == method and by_seed.get((baseline, s)) is not None and by_seed[(m, s)] is not None]
     if not diffs:
         return None
-    m, sd = mean_std(diffs)
-    if len(diffs) < 2:
-        return {"mean": round(m, 2), "std": None, "n": 1, "ci95": None, "verdict": "one seed: no noise estimate"}
-    half = T95[min(len(diffs) - 2, len(T95) - 1)] * sd / math.sqrt(len(diffs)) if len(diffs) <= 31 else \
-        1.96 * sd / math.sqrt(len(diffs))
-    verdict = "better" if m - half > 0 else "worse" if m + half < 0 else "within seed noise"
-    return {"mean": round(m, 2), "std": round(sd, 2), "n": len(diffs),
-            "ci95": [round(m - half, 2), round(m + half, 2)], "verdict": verdict}
+    d = t_interval(diffs)
+    low, high = d["ci95"] or (None, None)
+    d["verdict"] = "n=1: no interval" if low is None else "better" if low > 0 else "worse" if high < 0 else \
+        "within seed noise"
+    return d
+
+
+def paired_differences(rows: list[dict], setup: str, method: str = "srppo") -> dict[str, dict[str, dict]]:
+    """{baseline: {group: paired_difference}} for every baseline of `setup` and every group (GROUPS) its
+    cells have; a group missing from the metrics (an older eval) is left out, not reported as zero."""
+    baselines = [m for m in METHODS if m != method and any(r["setup"] == setup and r["method"] == m for r in rows)]
+    out = {}
+    for base in baselines:
+        diffs = {g: paired_difference(rows, setup, base, g, method) for g in GROUPS}
+        out[base] = {g: d for g, d in diffs.items() if d is not None}
+    return out
+
+
+def _difference_cell(d: dict | None) -> str:
+    """`+5.00 [+2.52, +7.48], n=3`, bold when the interval excludes zero; `+5.00, n=1` without one."""
+    if d is None:
+        return "–"
+    if d["ci95"] is None:
+        return f"{d['mean']:+.2f}, n={d['n']}"
+    text = f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], n={d['n']}"
+    return f"**{text}**" if d["verdict"] in ("better", "worse") else text
 
 
 def markdown(rows: list[dict]) -> str:
@@ -121,23 +157,24 @@ def markdown(rows: list[dict]) -> str:
         for method, cells in by_method.items():
             name = f"**{METHODS[method]}**" if method == "srppo" else METHODS[method]
             lines.append(f"| {name} | " + " | ".join(fmt(cells.get(c)) for c in cols) + " |")
-        lines += ["", "SRPPO minus each baseline on the Average, paired by seed:", "",
-                  "| Baseline | mean | std | 95 % interval | verdict |", "|---|---|---|---|---|"]
-        for base in [m for m in by_method if m != "srppo"]:
-            d = paired_difference(rows, setup, base)
-            if d:
-                ci = "–" if d["ci95"] is None else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-                sd = "–" if d["std"] is None else f"{d['std']:.2f}"
-                lines.append(f"| {METHODS[base]} | {d['mean']:+.2f} | {sd} | {ci} | {d['verdict']} |")
+        diffs = paired_differences(rows, setup) if "srppo" in by_method else {}
+        groups = [g for g in GROUPS if any(g in by_group for by_group in diffs.values())]
+        if groups:
+            lines += ["", "SRPPO minus each baseline, paired by seed: mean difference [95 % t-interval, none with n=1], "
+                      "n seeds; **bold**: the interval excludes zero (beyond seed noise).", "",
+                      "| Baseline | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+            for base, by_group in diffs.items():
+                lines.append(f"| {METHODS[base]} | " + " | ".join(_difference_cell(by_group.get(g)) for g in groups)
+                             + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def summary_json(rows: list[dict]) -> dict:
-    """Flat enough for `dvc metrics diff`: setup -> method -> column -> mean/std, and the verdicts."""
+    """Flat enough for `dvc metrics diff`: setup -> method -> column -> mean/std, and SRPPO's paired
+    differences: setup -> baseline -> group -> mean/std/n/ci95/verdict."""
     summary = summarise(rows)
-    verdicts = {setup: {base: paired_difference(rows, setup, base) for base in by_method if base != "srppo"}
-                for setup, by_method in summary.items() if "srppo" in by_method}
+    verdicts = {setup: paired_differences(rows, setup) for setup, by_method in summary.items() if "srppo" in by_method}
     return {"scores": summary, "srppo_vs": verdicts}
 
 
@@ -152,12 +189,13 @@ def collect_filter(metrics_dir: Path, setups: list[str] | None = None) -> dict[s
     return out
 
 
-def filter_markdown(results: dict[str, dict[str, dict]]) -> str:
-    """The §5 data-filter comparison: SFT on the kept demonstrations vs a random subset of equal size."""
-    lines = []
+def filter_markdown(results: dict[str, dict[str, dict]], seed: int | None = None) -> str:
+    """The §5 data-filter comparison: SFT on the kept demonstrations vs a random subset of equal size, one
+    seed per setup (the grid's first, `seed`, whose cell's p_SFT scored the demonstrations)."""
+    lines, which = [], "one seed" if seed is None else f"seed {seed}"
     for setup, by_method in results.items():
         cols = list(dict.fromkeys(c for m in by_method.values() for c in m))
-        lines += [f"### Coherent reward as a data filter: {setup} overlap (seed 0)", "",
+        lines += [f"### Coherent reward as a data filter: {setup} overlap ({which})", "",
                   "| Training data | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for method, cells in by_method.items():
             lines.append(f"| {FILTER_METHODS[method]} | " + " | ".join(
@@ -165,7 +203,7 @@ def filter_markdown(results: dict[str, dict[str, dict]]) -> str:
         top, rand = by_method.get("sft_filtered", {}), by_method.get("sft_random", {})
         if "Average" in top and "Average" in rand:
             gap = top["Average"] - rand["Average"]
-            lines += ["", f"Top by reward minus random subset, Average: {gap:+.2f} (one seed: no noise estimate)."]
+            lines += ["", f"Top by reward minus random subset, Average: {gap:+.2f} (n=1: no interval)."]
         lines.append("")
     return "\n".join(lines)
 
@@ -177,5 +215,5 @@ def compare_grid(metrics_dir: Path, setups: list[str] | None = None, seeds: list
     if not rows:
         return None
     filtered = collect_filter(metrics_dir, setups)
-    table = markdown(rows) + ("\n" + filter_markdown(filtered) if filtered else "")
+    table = markdown(rows) + ("\n" + filter_markdown(filtered, seeds[0] if seeds else None) if filtered else "")
     return {"table": table, "summary": {**summary_json(rows), "data_filter": filtered}, "scores": summarise(rows)}

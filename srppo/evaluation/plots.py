@@ -1,4 +1,5 @@
-"""Plots people would rather see than read: training curves, reward histograms, eval bars."""
+"""Plots people would rather see than read: training curves, reward histograms, eval bars, and the reward
+diagnostic's accuracy against KL."""
 
 from __future__ import annotations
 
@@ -88,5 +89,42 @@ def bars_with_errors(summary: dict, path: Path, title: str) -> None:
         ax.set_title(f"{title}: {setup} overlap")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, ncol=len(methods))
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def accuracy_against_kl(families: dict[str, dict], samples, path: Path, title: str) -> None:
+    """Left: best-of-k accuracy against its KL to p_SFT, a line per checked family, with pass@k (the
+    checker's own best-of-k, the ceiling) dashed in the same colour. Right: reward against response length
+    of every sample, by verdict: a reward that tracks length shows here whatever the checker says.
+
+    `families`: srppo.evaluation.diagnose.summarise's; `samples`: its frame (reward, length, passed).
+    """
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [1.25, 1]})
+    checked = {f: s for f, s in families.items() if "best_of_k" in s}
+    tab20 = plt.get_cmap("tab20")
+    colour = lambda i: tab20((2 * i) % 20 + (i // 10) % 2)  # the ten dark shades first, then the light ones
+    for i, (family, s) in enumerate(checked.items()):
+        ks = list(s["best_of_k"])
+        kl = [s["kl"][k] for k in ks]
+        ax.plot(kl, [s["best_of_k"][k] for k in ks], marker="o", ms=3, color=colour(i), label=family)
+        ax.plot(kl, [s["pass_at_k"][k] for k in ks], ls="--", lw=0.8, color=colour(i))
+    if not checked:
+        ax.text(0.5, 0.5, "no family with verdicts", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("KL of best-of-k to p_SFT (nats), ln k - (k-1)/k")
+    ax.set_ylabel("accuracy (%): best-of-k by reward; pass@k dashed")
+    ax.grid(alpha=0.3)
+    if checked:  # beside the axes: twenty families would cover the lines
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    for label, shade, rows in (("pass", "tab:green", samples[samples["passed"].eq(True)]),
+                               ("fail", "tab:red", samples[samples["passed"].eq(False)]),
+                               ("no verdict", "tab:gray", samples[samples["passed"].isna()])):
+        if len(rows):
+            side.scatter(rows["length"], rows["reward"], s=8, alpha=0.5, color=shade, label=label)
+    side.set_xlabel("response length (tokens)")
+    side.set_ylabel("reward")
+    side.grid(alpha=0.3)
+    side.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from srppo.data.records import read_jsonl
 from srppo.evaluation.judge import judge_outputs, load_instructions
 from srppo.evaluation.lmeval import ensure_punkt_tab, run_benchmarks
-from srppo.evaluation.testbed_eval import generate_responses, score_items, summarise
+from srppo.evaluation.testbed_eval import generate_responses, paired_over_prompts, score_items, summarise
 from srppo.models.loading import context_length, frozen, load_tokenizer
 from srppo.rollout.sampling import prompt_ids, rollout_engine
 from srppo.runtime.stage import Timer, log, progress
@@ -60,6 +60,11 @@ def evaluate_models(params, eval_path: str | Path, paths: dict[str, str], device
                                    device.type, params.runtime.dtype, params.runtime.seed, lambda m: log("eval", m))
     for name, per_task in bench.items():
         results[name]["benchmarks"] = per_task
+    if "sft" in results:  # every other model against p_SFT, item by item
+        by_model = {name: [r for r in responses if r["model"] == name] for name in results}
+        for name in results:
+            if name != "sft":
+                results[name]["vs_sft"] = paired_over_prompts(by_model["sft"], by_model[name], seed=params.runtime.seed)
     return EvalResult(results, responses, bench)
 
 

@@ -159,8 +159,14 @@ def adamw(params, lr: float, weight_decay: float, fused: bool = True) -> torch.o
     """AdamW over the trainable parameters, with the fused kernel (CPU and CUDA) unless asked otherwise.
     torch's default (foreach) builds a full-size temporary of the parameters in every step: 0.54 GB more
     peak memory for a 135M model, and its step measured 0.28 s vs 0.07 s fused on the 2-core CPU
-    (SFT 5 % faster end to end)."""
-    params = [p for p in params if p.requires_grad]
+    (SFT 5 % faster end to end). `params`: parameters, or param groups (dicts with "params" and their own
+    "lr") for parts that learn at another rate."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if fused else {}))
 
 
@@ -168,15 +174,17 @@ class Stepper:
     """Backward + optimizer step for one trainable model: plain torch, or a DeepSpeed ZeRO engine."""
 
     def __init__(self, model, lr: float, weight_decay: float, max_grad_norm: float, ds_config: dict | None,
-                 grad_accum: int = 1):
+                 grad_accum: int = 1, param_groups: list[dict] | None = None):
+        """`param_groups`: the model's parameters split in groups with their own "lr" (default: one group)."""
         self.model, self.max_grad_norm, self.engine, self.grad_accum = model, max_grad_norm, None, grad_accum
+        params = param_groups or model.parameters()
         if ds_config is None:
-            self.optimizer = adamw(model.parameters(), lr, weight_decay)
+            self.optimizer = adamw(params, lr, weight_decay)
             return
         import deepspeed
 
         # DeepSpeed steps its own flattened partitions: leave the kernel choice to it
-        opt = None if "optimizer" in ds_config else adamw(model.parameters(), lr, weight_decay, fused=False)
+        opt = None if "optimizer" in ds_config else adamw(params, lr, weight_decay, fused=False)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
 
     def set_lr(self, lr: float) -> None:

@@ -25,7 +25,7 @@ from srppo.rollout.sampling import (
 from srppo.runtime.stage import Timer, log, progress
 from srppo.scoring.reward_model import reward_model_or_none
 from srppo.scoring.rewards import RewardNormalizer
-from srppo.scoring.score import score
+from srppo.scoring.score import recorded_logprobs_are_the_models, score
 
 SETS = ("demonstrations", "sft_samples", "pt_samples")  # what is scored, named as in the report
 
@@ -58,18 +58,20 @@ def calibrate_reward(params, base_dir: str | Path, sft_dir: str | Path, calibrat
     sampling = sampling_params(rcfg)
 
     def sample(model, path, recs, bar):
+        """The samples, and whether the log-probs the engine recorded are `model`'s own."""
         engine = rollout_engine(rcfg, model, tok, path, params.runtime.seed, dtype)
         gens = engine.generate(prompt_ids(tok, recs), sampling, progress=bar)
         engine.close()
-        return gens
+        return gens, recorded_logprobs_are_the_models(engine, sampling)
 
-    scores = lambda gens: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.score_batch_size, rm)
+    scores = lambda gens, by_sft=False: rewards_of(gens, sft, pt, tok.pad_token_id, device, rcfg.score_batch_size,
+                                                   rm, sampled_by_sft=by_sft)
     with timer.phase("score demonstrations"):
         demo_r, demo_len = scores(demo_generations(tok, demos))
     with timer.phase("sample p_PT on the demonstration prompts"), progress(len(demos), "p_PT samples") as bar:
-        pt_r, pt_len = scores(sample(pt, base_dir, demos, bar))
+        pt_r, pt_len = scores(sample(pt, base_dir, demos, bar)[0])
     with timer.phase("sample p_SFT on PPO prompts"), progress(len(prompts), "p_SFT samples") as bar:
-        sft_r, sft_len = scores(sample(sft, sft_dir, prompts, bar))
+        sft_r, sft_len = scores(*sample(sft, sft_dir, prompts, bar))
     norm = fit_normalizer(sft_r, cfg.normalize, cfg.clip_quantile, cfg.clip_margin)
     report = calibration_report(demo_r, demo_len, sft_r, sft_len, pt_r, pt_len, norm)
     log("calibrate", f"reward mean: demos {demo_r.mean():.2f}, p_SFT samples {sft_r.mean():.2f}, "
@@ -77,12 +79,14 @@ def calibrate_reward(params, base_dir: str | Path, sft_dir: str | Path, calibrat
     return Calibration(norm, report, dict(zip(SETS, (demo_r, sft_r, pt_r))))
 
 
-def rewards_of(gens, sft, pt, pad_id, device, batch_size: int, reward_model=None) -> tuple[np.ndarray, np.ndarray]:
-    """Reward (coherent, or the reward model's) and response length of each generation, in batches."""
+def rewards_of(gens, sft, pt, pad_id, device, batch_size: int, reward_model=None,
+               sampled_by_sft: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Reward (coherent, or the reward model's) and response length of each generation, in batches.
+    `sampled_by_sft`: p_SFT's own samples with its recorded log-probs (`score`)."""
     rewards, lengths = [], []
     for start in range(0, len(gens), batch_size):
         chunk = gens[start : start + batch_size]
-        s = score(chunk, sft, pt, pad_id, device, reward_model=reward_model)
+        s = score(chunk, sft, pt, pad_id, device, reward_model=reward_model, sampled_by_sft=sampled_by_sft)
         rewards.extend(s.reward_raw.tolist())
         lengths.extend(len(g.response_ids) for g in chunk)
     return np.array(rewards), np.array(lengths)

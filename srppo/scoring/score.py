@@ -51,17 +51,41 @@ def in_chunks(fn, batch: Batch, rows: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
+def engine_logprobs(gens: list[Generation], like: torch.Tensor) -> torch.Tensor | None:
+    """The engine's log-prob of each sampled token laid out like `like` (B, T-1); None if it gave none."""
+    if any(g.logprobs is None for g in gens):
+        return None
+    out = torch.zeros_like(like)
+    for i, g in enumerate(gens):
+        start = len(g.prompt_ids) - 1  # position whose logits predict the first response token
+        out[i, start : start + len(g.logprobs)] = torch.tensor(g.logprobs, dtype=out.dtype)
+    return out
+
+
+def recorded_logprobs_are_the_models(engine, sampling) -> bool:
+    """Whether the log-probs `engine` records while sampling with `sampling` are its model's own: an engine
+    that samples from the trainer's fp32 model (hf) at temperature 1 without top-p. vLLM's kernels and
+    dtype differ, and temperature or top-p reshape the distribution the recorded log-probs are from."""
+    return (getattr(engine, "logprobs_match_trainer", False) and not sampling.greedy
+            and sampling.temperature == 1.0 and sampling.top_p >= 1.0)
+
+
 def score(gens: list[Generation], sft, pt, pad_id: int, device, chunk: int | None = None,
-          reward_model=None) -> Scored:
+          reward_model=None, sampled_by_sft: bool = False) -> Scored:
     """p_SFT's log-probs (the KL reference) and the reward: coherent (p_SFT, p_PT) or, given a
-    `reward_model` (the RM-PPO baseline), its score at the last token; then p_PT is not run."""
+    `reward_model` (the RM-PPO baseline), its score at the last token; then p_PT is not run.
+
+    `sampled_by_sft`: the generations are p_SFT's own samples and the engine recorded the model's own
+    log-probs for them (`recorded_logprobs_are_the_models`): those are p_SFT's log-probs, and its forward
+    is spared (the rollouts, calibrate and diagnose stages score p_SFT's samples)."""
     prompts, responses = [g.prompt_ids for g in gens], [g.response_ids for g in gens]
     batch = collate(prompts, responses, pad_id).to(device)
     if len({tuple(p) for p in prompts}) < len(prompts):  # groups: each distinct prompt runs once
         frozen_logprobs = lambda model: shared_prompt_logprobs(model, prompts, responses, batch, pad_id, chunk)
     else:
         frozen_logprobs = lambda model: in_chunks(lambda b: token_logprobs(model, b), batch, chunk)
-    logp_sft = frozen_logprobs(sft)
+    recorded = engine_logprobs(gens, batch.action_mask.float()) if sampled_by_sft else None
+    logp_sft = recorded * batch.action_mask if recorded is not None else frozen_logprobs(sft)
     if reward_model is None:
         logp_pt = frozen_logprobs(pt)
         reward = coherent_reward(logp_sft, logp_pt, batch.action_mask)

@@ -8,11 +8,14 @@ Pure standard library.
 """
 
 from .checks import CHECKERS, check_response, count_words, loose_variants, parse_final_number
-from .families import FAMILIES, FAMILY_GROUPS, GROUPS, families_in, generate_family
+from .families import (
+    FAMILIES, FAMILY_GROUPS, FAMILY_REPORT_GROUPS, GROUPS, REPORT_GROUPS, families_in, families_reported_as,
+    generate_family,
+)
 from .splits import OVERLAPS, build_splits
 
 __all__ = [
-    "CHECKERS", "FAMILIES", "FAMILY_GROUPS", "GROUPS", "OVERLAPS",
-    "build_splits", "check_response", "count_words", "families_in", "generate_family",
+    "CHECKERS", "FAMILIES", "FAMILY_GROUPS", "FAMILY_REPORT_GROUPS", "GROUPS", "OVERLAPS", "REPORT_GROUPS",
+    "build_splits", "check_response", "count_words", "families_in", "families_reported_as", "generate_family",
     "loose_variants", "parse_final_number",
 ]

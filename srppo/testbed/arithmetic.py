@@ -122,8 +122,48 @@ def three_step(rng: random.Random) -> Item:
     return _item(prompt, [(a, "*", b, a * b), (c, "*", d, c * d), (a * b, "+", c * d, a * b + c * d)])
 
 
+# ---- four steps (group "heldout") ----------------------------------------------
+
+def four_step(rng: random.Random) -> Item:
+    """Four chained operations in the demonstrated one-equation-per-step format, three phrasings.
+
+    Why: a longer chain of the very steps the two-step demonstrations show is arithmetic
+    where imitating the SFT model's format is what solving looks like, so the coherent
+    reward has something to pull toward out of domain. Operand ranges keep every
+    intermediate result below 200, like the other families.
+    """
+    name, pron, _ = _people(rng)
+    obj, cap = rng.choice(OBJECTS), pron.capitalize()
+    form = rng.randrange(3)
+    if form == 0:
+        a, b, c = rng.randint(2, 9), rng.randint(2, 12), rng.randint(1, 40)
+        s1, s2 = a * b, a * b + c
+        d = rng.randint(1, s2 - 1)
+        e = rng.randint(1, 40)
+        prompt = (f"{name} has {a} boxes with {b} {obj} each. {cap} finds {c} more {obj}, gives {d} "
+                  f"away and then buys {e} more. How many {obj} does {pron} have now?")
+        return _item(prompt, [(a, "*", b, s1), (s1, "+", c, s2), (s2, "-", d, s2 - d),
+                              (s2 - d, "+", e, s2 - d + e)])
+    if form == 1:
+        a, b, c, d = (rng.randint(5, 40) for _ in range(4))
+        total = a + b + c + d
+        e = rng.randint(1, total - 1)
+        prompt = (f"{name} collects {a} {obj} on Monday, {b} on Tuesday, {c} on Wednesday and {d} "
+                  f"on Thursday. {cap} gives away {e}. How many {obj} are left?")
+        return _item(prompt, [(a, "+", b, a + b), (a + b, "+", c, a + b + c), (a + b + c, "+", d, total),
+                              (total, "-", e, total - e)])
+    a, b, c, d = (rng.randint(2, 9) for _ in range(4))
+    total = a * b + c * d
+    e = rng.randint(1, total - 1)
+    prompt = (f"{name} buys {a} packs of {b} {obj} and {c} packs of {d} {obj}. {cap} gives {e} "
+              f"away. How many {obj} are left?")
+    return _item(prompt, [(a, "*", b, a * b), (c, "*", d, c * d), (a * b, "+", c * d, total),
+                          (total, "-", e, total - e)])
+
+
 GENERATORS: dict[str, Callable[[random.Random], Item]] = {
     "arithmetic_add_sub": add_sub,
     "arithmetic_two_step": two_step,
     "arithmetic_three_step": three_step,
+    "arithmetic_four_step": four_step,
 }

@@ -4,8 +4,18 @@ Why: the embedded default trains on data it generates itself, deterministically 
 a seed. A family is one kind of instruction (a constraint, or a combination, or an
 arithmetic word problem) whose responses an exact checker can judge, and whose
 expert demonstration is produced programmatically so it passes by construction.
-Families fall in three groups mirroring the SRPPO data setups: "core" (SFT
-demonstrations), "prompt" (the PPO prompt pool), "heldout" (evaluation only).
+Each family has two labels:
+
+- its split group, mirroring the SRPPO data setups: "core" (SFT demonstrations),
+  "prompt" (the PPO prompt pool), "heldout" (evaluation only);
+- its report group, saying what its score measures. The coherent reward
+  r = log p_SFT(y|x) - log p_PT(y|x) pays for resembling the SFT model, so it can
+  only help out of domain where doing what the demonstrations showed is compliance.
+  "in_domain": the demonstrated constraints; "compositional": out-of-domain transfer
+  families built from demonstrated behaviour (unseen combinations of demonstrated
+  constraints, demonstrated constraints on new task types, paraphrased
+  instructions); "control": constraints the demonstrations never show, where the
+  reward has nothing to pull toward; "arithmetic": every word-problem family.
 """
 
 from __future__ import annotations
@@ -26,6 +36,10 @@ LIST_TASKS = ("List {n} facts about {t}.", "Give {n} short facts about {t}.",
               "Name {n} things you know about {t}.", "Tell me {n} things about {t}.")
 TWO_TASKS = ("Tell me two facts about {t}.", "Describe {t} in two sentences.",
              "Write two short sentences about {t}.")
+# A question-answer task type no demonstration uses (the demos use TASKS).
+QA_TASKS = ("Question: what is something true about {t}?", "Quiz question: what do you know about {t}?",
+            "Here is a question for you. What can you say about {t}?",
+            "Q: What should a curious child learn about {t}?")
 NUMBER_WORDS = {2: "two", 3: "three"}
 
 UPPER = ("Write your entire answer in capital letters.",
@@ -40,8 +54,6 @@ END = ('End your answer with the exact phrase "{p}"', 'Finish your response with
        'Your answer must end with the phrase "{p}"')
 START = ('Start your answer with "{p}".', 'Begin your response with the words "{p}".',
          'Your answer must begin with "{p}".')
-LIMIT = ("Answer in at most {n} words.", "Use no more than {n} words.",
-         "Your answer must be {n} words or fewer.")
 BULLETS = ('Use exactly {n} bullet points that start with "- ".',
            "Format your answer as a list of exactly {n} bullet points.",
            "Answer with exactly {n} markdown bullet points.")
@@ -51,11 +63,19 @@ QUOTE = ("Wrap your entire answer in double quotation marks.",
 TITLE = ("Give your answer a title wrapped in double angular brackets, such as <<my title>>.",
          "Include a title in double angular brackets like <<title>>.",
          "Begin with a title inside double angular brackets, for example <<a title>>.")
+# Paraphrases of the demonstrated case and ending instructions: no wording here occurs
+# in UPPER, LOWER or END, so only the demonstrated behaviour (not the sentence) transfers.
+PARA_UPPER = ("Reply in all caps.", "Type every letter of your reply as a capital.",
+              "Shout your reply so that no small letters appear.",
+              "Make each letter you write a capital one.")
+PARA_LOWER = ("Reply in all small letters.", "Keep every letter of your reply small.",
+              "Type your reply as if the shift key were broken.",
+              "No capitals anywhere in your reply, please.")
+PARA_END = ('Close your reply with "{p}"', 'The last words of your reply should be "{p}"',
+            'Sign off with "{p}"', 'Let "{p}" be the final words you write.')
 LOWER_KEYWORD_LIMIT = ('Use only lowercase letters, include the word "{k}", and use at most {n} words.',
                        'Answer in lowercase with at most {n} words and include the word "{k}".',
                        'Write in lowercase only, mention "{k}", and stay within {n} words.')
-NO_COMMA = ("Do not use any commas in your answer.", "Avoid commas entirely.",
-            "Your response must not contain a comma.")
 
 END_PHRASES = ("Anything else I can help with?", "Hope this helps.", "That is all.",
                "Thanks for asking.", "Any other questions?")
@@ -65,11 +85,12 @@ WORD_LIMITS = (8, 10, 12, 15, 20)
 
 
 class Family(NamedTuple):
-    """Registry entry: id prefix, group, and a generator rng -> (prompt, response, checks)."""
+    """Registry entry: id prefix, split group, generator rng -> (prompt, response, checks), report group."""
 
     prefix: str
     group: str
     generate: Callable[[random.Random], Item]
+    report: str
 
 
 # ---- shared helpers ----------------------------------------------------------
@@ -129,14 +150,7 @@ def gen_end_phrase(rng: random.Random) -> Item:
     return prompt, f"{fact} {phrase}", [{"kind": "end_phrase", "phrase": phrase}]
 
 
-# ---- group "prompt" ------------------------------------------------------------
-
-def gen_word_limit(rng: random.Random) -> Item:
-    topic, fact = _fact(rng)
-    limit = _limit(rng, fact)
-    prompt = _join(rng, _task(rng, topic), rng.choice(LIMIT).format(n=limit))
-    return prompt, fact, [{"kind": "word_limit", "max_words": limit}]
-
+# ---- controls: constraints no demonstration shows --------------------------------
 
 def gen_bullet_list(rng: random.Random) -> Item:
     topic = rng.choice(TOPICS)
@@ -161,6 +175,16 @@ def gen_start_phrase(rng: random.Random) -> Item:
     return prompt, f"{phrase} {fact}", [{"kind": "start_phrase", "phrase": phrase}]
 
 
+def gen_title_brackets(rng: random.Random) -> Item:
+    topic, fact = _fact(rng)
+    title = rng.choice(TITLE_PATTERNS).format(T=topic.name.title())
+    prompt = _join(rng, _task(rng, topic), rng.choice(TITLE))
+    return prompt, f"<<{title}>>\n{fact}", [{"kind": "title_brackets"}]
+
+
+# ---- compositional: out-of-domain transfer of demonstrated behaviour -------------
+# Unseen combinations of demonstrated constraints (demonstration wordings, joined).
+
 def gen_combo_upper_end(rng: random.Random) -> Item:
     topic, fact = _fact(rng)
     phrase = rng.choice(END_PHRASES).upper()
@@ -169,13 +193,21 @@ def gen_combo_upper_end(rng: random.Random) -> Item:
     return prompt, f"{fact} {phrase}".upper(), checks
 
 
-# ---- group "heldout" -----------------------------------------------------------
-
-def gen_title_brackets(rng: random.Random) -> Item:
+def gen_combo_lower_end(rng: random.Random) -> Item:
     topic, fact = _fact(rng)
-    title = rng.choice(TITLE_PATTERNS).format(T=topic.name.title())
-    prompt = _join(rng, _task(rng, topic), rng.choice(TITLE))
-    return prompt, f"<<{title}>>\n{fact}", [{"kind": "title_brackets"}]
+    phrase = rng.choice(END_PHRASES).lower()
+    prompt = _join(rng, _task(rng, topic), rng.choice(LOWER), rng.choice(END).format(p=phrase))
+    checks = [{"kind": "lowercase"}, {"kind": "end_phrase", "phrase": phrase}]
+    return prompt, f"{fact} {phrase}".lower(), checks
+
+
+def gen_combo_keyword_end(rng: random.Random) -> Item:
+    topic, fact = _fact(rng)
+    keyword, phrase = _keyword(rng, fact), rng.choice(END_PHRASES)
+    prompt = _join(rng, _task(rng, topic), rng.choice(KEYWORD).format(k=keyword),
+                   rng.choice(END).format(p=phrase))
+    checks = [{"kind": "include_keyword", "keyword": keyword}, {"kind": "end_phrase", "phrase": phrase}]
+    return prompt, f"{fact} {phrase}", checks
 
 
 def gen_combo_lower_keyword_limit(rng: random.Random) -> Item:
@@ -187,36 +219,74 @@ def gen_combo_lower_keyword_limit(rng: random.Random) -> Item:
     return _join(rng, _task(rng, topic), constraint), fact.lower(), checks
 
 
-def gen_no_comma(rng: random.Random) -> Item:
+# Demonstrated constraints on task types the demonstrations never pair them with.
+
+def gen_upper_two_facts(rng: random.Random) -> Item:
     topic = rng.choice(TOPICS)
     first, second = sorted(rng.sample(range(len(topic.facts)), 2))
-    task = rng.choice(TWO_TASKS).format(t=topic.name)
-    prompt = _join(rng, task, rng.choice(NO_COMMA))
-    return prompt, f"{topic.facts[first]} {topic.facts[second]}", [{"kind": "no_comma"}]
+    prompt = _join(rng, rng.choice(TWO_TASKS).format(t=topic.name), rng.choice(UPPER))
+    return prompt, f"{topic.facts[first]} {topic.facts[second]}".upper(), [{"kind": "uppercase"}]
+
+
+def gen_end_phrase_qa(rng: random.Random) -> Item:
+    topic, fact = _fact(rng)
+    phrase = rng.choice(END_PHRASES)
+    prompt = _join(rng, rng.choice(QA_TASKS).format(t=topic.name), rng.choice(END).format(p=phrase))
+    return prompt, f"{fact} {phrase}", [{"kind": "end_phrase", "phrase": phrase}]
+
+
+# Demonstrated constraints asked in wordings no demonstration uses.
+
+def gen_paraphrase_case(rng: random.Random) -> Item:
+    topic, fact = _fact(rng)
+    if rng.random() < 0.5:
+        prompt = _join(rng, _task(rng, topic), rng.choice(PARA_UPPER))
+        return prompt, fact.upper(), [{"kind": "uppercase"}]
+    prompt = _join(rng, _task(rng, topic), rng.choice(PARA_LOWER))
+    return prompt, fact.lower(), [{"kind": "lowercase"}]
+
+
+def gen_paraphrase_end(rng: random.Random) -> Item:
+    topic, fact = _fact(rng)
+    phrase = rng.choice(END_PHRASES)
+    prompt = _join(rng, _task(rng, topic), rng.choice(PARA_END).format(p=phrase))
+    return prompt, f"{fact} {phrase}", [{"kind": "end_phrase", "phrase": phrase}]
 
 
 # ---- registry --------------------------------------------------------------------
+# The core families come first, with their generators and names (the rng strings)
+# unchanged: splits carve pools in registry order, so this keeps the default's SFT
+# demonstrations and core eval records the same records whatever is added after them.
 
 FAMILIES: dict[str, Family] = {
-    "uppercase": Family("upper", "core", gen_uppercase),
-    "lowercase": Family("lower", "core", gen_lowercase),
-    "include_keyword": Family("keyword", "core", gen_include_keyword),
-    "end_phrase": Family("end", "core", gen_end_phrase),
-    "arithmetic_two_step": Family("arith2", "core", ARITHMETIC["arithmetic_two_step"]),
-    "word_limit": Family("limit", "prompt", gen_word_limit),
-    "bullet_list": Family("bullets", "prompt", gen_bullet_list),
-    "quote_wrap": Family("quote", "prompt", gen_quote_wrap),
-    "start_phrase": Family("start", "prompt", gen_start_phrase),
-    "combo_upper_end": Family("upend", "prompt", gen_combo_upper_end),
-    "arithmetic_add_sub": Family("arith1", "prompt", ARITHMETIC["arithmetic_add_sub"]),
-    "title_brackets": Family("title", "heldout", gen_title_brackets),
-    "combo_lower_keyword_limit": Family("lowkeylim", "heldout", gen_combo_lower_keyword_limit),
-    "no_comma": Family("nocomma", "heldout", gen_no_comma),
-    "arithmetic_three_step": Family("arith3", "heldout", ARITHMETIC["arithmetic_three_step"]),
+    "uppercase": Family("upper", "core", gen_uppercase, "in_domain"),
+    "lowercase": Family("lower", "core", gen_lowercase, "in_domain"),
+    "include_keyword": Family("keyword", "core", gen_include_keyword, "in_domain"),
+    "end_phrase": Family("end", "core", gen_end_phrase, "in_domain"),
+    "arithmetic_two_step": Family("arith2", "core", ARITHMETIC["arithmetic_two_step"], "arithmetic"),
+    "combo_upper_end": Family("upend", "prompt", gen_combo_upper_end, "compositional"),
+    "combo_lower_end": Family("lowend", "prompt", gen_combo_lower_end, "compositional"),
+    "combo_keyword_end": Family("keyend", "prompt", gen_combo_keyword_end, "compositional"),
+    "upper_two_facts": Family("up2", "prompt", gen_upper_two_facts, "compositional"),
+    "end_phrase_qa": Family("endqa", "prompt", gen_end_phrase_qa, "compositional"),
+    "paraphrase_case": Family("paracase", "prompt", gen_paraphrase_case, "compositional"),
+    "bullet_list": Family("bullets", "prompt", gen_bullet_list, "control"),
+    "quote_wrap": Family("quote", "prompt", gen_quote_wrap, "control"),
+    "start_phrase": Family("start", "prompt", gen_start_phrase, "control"),
+    "arithmetic_add_sub": Family("arith1", "prompt", ARITHMETIC["arithmetic_add_sub"], "arithmetic"),
+    "combo_lower_keyword_limit": Family("lowkeylim", "heldout", gen_combo_lower_keyword_limit,
+                                        "compositional"),
+    "paraphrase_end": Family("paraend", "heldout", gen_paraphrase_end, "compositional"),
+    "title_brackets": Family("title", "heldout", gen_title_brackets, "control"),
+    "arithmetic_three_step": Family("arith3", "heldout", ARITHMETIC["arithmetic_three_step"], "arithmetic"),
+    # eval only: its demonstrated-format solution (up to ~60 tokens) outgrows the rollouts' 48-token budget
+    "arithmetic_four_step": Family("arith4", "heldout", ARITHMETIC["arithmetic_four_step"], "arithmetic"),
 }
 
 GROUPS = ("core", "prompt", "heldout")
+REPORT_GROUPS = ("in_domain", "compositional", "control", "arithmetic")
 FAMILY_GROUPS: dict[str, str] = {name: fam.group for name, fam in FAMILIES.items()}
+FAMILY_REPORT_GROUPS: dict[str, str] = {name: fam.report for name, fam in FAMILIES.items()}
 
 # Attempts to draw a prompt not yet produced before accepting a repeat: keeps a
 # family's prompts distinct while its template space allows it.
@@ -228,6 +298,13 @@ def families_in(group: str) -> list[str]:
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; valid groups: {list(GROUPS)}")
     return [name for name, fam in FAMILIES.items() if fam.group == group]
+
+
+def families_reported_as(report: str) -> list[str]:
+    """Family names of one report group, in registry order."""
+    if report not in REPORT_GROUPS:
+        raise ValueError(f"unknown report group {report!r}; valid report groups: {list(REPORT_GROUPS)}")
+    return [name for name, fam in FAMILIES.items() if fam.report == report]
 
 
 def _family(family: str) -> Family:

@@ -27,6 +27,7 @@ from srppo.runtime.checkpoint import Checkpointer
 from srppo.runtime.stage import Timer, log, progress, training_config
 from srppo.scoring.buffer import read_buffers
 from srppo.scoring.rewards import RewardNormalizer
+from srppo.scoring.rollouts import warmup_prompt_split
 
 # (prompts, start) -> (episode, prompt batch) from the start-th batch on
 Stream = Callable[[list[list[int]], int], Iterator[tuple[int, list[list[int]]]]]
@@ -94,17 +95,22 @@ def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | No
     trainer.actor_changed = restored is not None  # an engine with its own weights must pick up the resumed actor
     n_ppo = sum(h["phase"] == "ppo" for h in history)
     # a buffer holds buffer_size rollouts: group_size samples of buffer_size / group_size prompts
-    batches = (stream or (lambda ids, start: prompt_stream(ids, rcfg.buffer_size // cfg.group_size,
-                                                           params.runtime.seed, start, str(inputs.prompts))))
-    batches = batches(prompts, n_ppo)  # prompt_stream checks the prompt count now
+    per_buffer = rcfg.buffer_size // cfg.group_size
+    # the prompts the `rollouts` stage sampled for the critic's warm-up are not PPO's
+    _, own = warmup_prompt_split(len(prompts), params.runtime.seed, rcfg.n_buffers * rcfg.buffer_size, per_buffer)
+    batches = (stream or (lambda ids, start: prompt_stream(ids, per_buffer, params.runtime.seed, start,
+                                                           str(inputs.prompts))))
+    batches = batches([prompts[i] for i in own], n_ppo)  # prompt_stream checks the prompt count now
     save = lambda: ckpt and ckpt.maybe_save(len(history), modules, optims, lambda: {"history": history})
     emit = on_row or (lambda row: None)
     for row in history:  # a resumed run's restored rows first: the curves start at step 1
         emit(row)
     n_warmup = cfg.critic_warmup_buffers
     with timer.phase(f"critic warm-up on {n_warmup} buffers"):
-        buffers = read_buffers(Path(inputs.rollouts), n_warmup, tok.pad_token_id, device) if n_warmup else []
-        warm_up(trainer, buffers, history, save, emit)
+        # one buffer more than the warm-up trains on, when the `rollouts` stage made it: held out
+        n_read = min(n_warmup + 1, rcfg.n_buffers) if n_warmup else 0
+        buffers = read_buffers(Path(inputs.rollouts), n_read, tok.pad_token_id, device) if n_read else []
+        warm_up(trainer, buffers[:n_warmup], buffers[n_warmup] if n_read > n_warmup else None, history, save, emit)
     iteration_seconds = []
     with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
         stopped = ppo_iterations(trainer, batches, cfg, history, save, bar, emit, iteration_seconds)
@@ -130,15 +136,23 @@ def _build(params, inputs: PPOInputs, tok, device, dtype, timer: Timer, dump_dir
     return trainer, actor_to_save
 
 
-def warm_up(trainer: PPOTrainer, buffers, history: list[dict], save, emit) -> None:
-    """The critic regresses on p_SFT's own buffers before PPO starts (the actor is p_SFT then)."""
+def warm_up(trainer: PPOTrainer, buffers, heldout, history: list[dict], save, emit) -> None:
+    """The critic regresses on p_SFT's own buffers before PPO starts (the actor is p_SFT then):
+    `ppo.critic_warmup_epochs` sweeps over all of them, one pass per buffer and row, so that the last
+    buffers do not pull the critic toward their own few samples. After each pass its fit on the `heldout`
+    buffer (None: no held-out buffer) says whether it learned or memorised."""
     if trainer.critic_free:  # grpo / rloo / reinforce_pp never read V(s): nothing to warm up
         return
+    schedule = [(epoch, i) for epoch in range(trainer.cfg.critic_warmup_epochs) for i in range(len(buffers))]
     done = sum(h["phase"] == "warmup" for h in history)  # > 0 when resumed
-    for i, scored in enumerate(buffers[done:], start=done):
-        history.append({"step": i + 1, "phase": "warmup", **trainer.warmup_critic(scored)})
+    for step, (epoch, i) in enumerate(schedule[done:], start=done):
+        row = trainer.warmup_critic(buffers[i], heldout)
+        history.append({"step": step + 1, "phase": "warmup", "epoch": epoch + 1, "buffer": i, **row})
         emit(history[-1])
-        log("ppo", f"warm-up {i + 1}: value_loss {history[-1]['value_loss']:.4f}")
+        held = (f", held out: value_loss {row['heldout_value_loss']:.4f}, explained variance "
+                f"{row['heldout_explained_variance']:.3f}" if heldout is not None else "")
+        log("ppo", f"warm-up sweep {epoch + 1}, buffer {i + 1}: value_loss {row['value_loss_before']:.4f} before, "
+            f"{row['value_loss']:.4f} training{held}")
         save()
 
 

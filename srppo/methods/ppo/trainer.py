@@ -26,7 +26,6 @@ from srppo.methods.ppo.experience import (
     Experience,
     build_experience,
     critic_values,
-    engine_logprobs,
     logprob_gap,
     make_experience,
 )
@@ -36,7 +35,7 @@ from srppo.rollout.engine import SamplingParams
 from srppo.runtime import distributed
 from srppo.runtime.distributed import Stepper
 from srppo.scoring.rewards import RewardNormalizer
-from srppo.scoring.score import Scored, in_chunks, score
+from srppo.scoring.score import Scored, engine_logprobs, in_chunks, score
 
 
 class NumericError(RuntimeError):
@@ -92,7 +91,8 @@ class PPOTrainer:
         self.sampling, self.normalizer, self.dump_dir = sampling, normalizer, dump_dir
         self.device = next(roles.actor.parameters()).device
         self.actor_step = Stepper(roles.actor, cfg.actor_lr, 0.0, cfg.max_grad_norm, ds_actor)
-        self.critic_step = Stepper(roles.critic, cfg.critic_lr, 0.0, cfg.max_grad_norm, ds_critic)
+        self.critic_step = Stepper(roles.critic, cfg.critic_lr, 0.0, cfg.max_grad_norm, ds_critic,
+                                   param_groups=critic_param_groups(roles.critic, cfg.critic_lr, cfg.value_head_lr))
         self.actor_opt, self.critic_opt = self.actor_step.optimizer, self.critic_step.optimizer
         # the engine starts from p_SFT = the initial actor; after an update (or a resume) an engine
         # holding its own weights must be synced before it samples again
@@ -111,13 +111,34 @@ class PPOTrainer:
             self.seconds[phase] += time.perf_counter() - t
 
     # -- critic warm-up ---------------------------------------------------------------------
-    def warmup_critic(self, scored: Scored) -> dict:
-        """One warm-up buffer: actor frozen (= p_SFT), critic regresses on the GAE returns."""
+    def warmup_critic(self, scored: Scored, heldout: Scored | None = None) -> dict:
+        """One pass over a warm-up buffer: the actor is frozen (= p_SFT, so the KL term is 0) and the critic
+        regresses on the Monte Carlo returns of Eq. (6), without value clipping (a supervised fit: there is no
+        earlier critic to stay near).
+
+        The row: the buffer's explained variance and loss under the critic *before* its updates (data it has
+        not seen), the mean training loss, and after the updates the loss and explained variance on
+        `heldout`, a buffer the warm-up never trains on."""
+        exp = self._warmup_experience(scored)
+        before = self._fit(exp)
+        stats = [self._critic_step(exp, idx, clip=None) for idx in self._minibatches(exp)]
+        row = {**exp.info, **_mean(stats), "value_loss_before": before}
+        if heldout is not None:
+            held = self._warmup_experience(heldout)
+            row.update(heldout_value_loss=self._fit(held), heldout_explained_variance=held.info["explained_variance"])
+        return row
+
+    def _warmup_experience(self, scored: Scored) -> Experience:
         values = in_chunks(lambda b: critic_values(self.roles.critic, b), scored.batch, self.forward_batch_size)
-        exp = build_experience(scored, scored.logp_sft, values, self.normalizer, self.cfg)
+        # lambda = 1: the returns are the Monte Carlo returns whatever the critic says (Eq. 6's R_t)
+        exp = build_experience(scored, scored.logp_sft, values, self.normalizer, self.cfg, lam=1.0)
         _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
-        stats = [self._critic_step(exp, idx) for _ in range(self.cfg.ppo_epochs) for idx in self._minibatches(exp)]
-        return {**exp.info, **_mean(stats)}
+        return exp
+
+    @staticmethod
+    def _fit(exp: Experience) -> float:
+        """Eq. (6)'s loss of the values the experience was built with: ½ mean (V - R)² over response tokens."""
+        return value_loss(exp.values, exp.values, exp.returns, exp.mask, None)[0].item()
 
     # -- one PPO iteration --------------------------------------------------------------------
     def iteration(self, prompts: list[list[int]]) -> dict:
@@ -194,11 +215,14 @@ class PPOTrainer:
         self.actor_changed = True
         return {**metrics, "actor_grad_norm": grad_norm}
 
-    def _critic_step(self, exp: Experience, idx) -> dict:
+    def _critic_step(self, exp: Experience, idx, clip: float | None | str = "config") -> dict:
+        """One critic step; `clip`: the value clip ("config": ppo.value_clip; None: off, as in the warm-up)."""
+        clip = self.cfg.value_clip if clip == "config" else clip
+
         def loss_fn(micro):
             mb, cut = _micro(exp, micro)
             values = self.roles.critic(mb.input_ids, mb.attention_mask)[:, :-1]
-            loss, metrics = value_loss(values, cut(exp.values), cut(exp.returns), mb.action_mask, self.cfg.value_clip)
+            loss, metrics = value_loss(values, cut(exp.values), cut(exp.returns), mb.action_mask, clip)
             _check_finite("value loss", loss, exp, self.dump_dir)
             return loss, metrics
         return self._update(self.critic_step, exp, idx, loss_fn)[0]
@@ -219,6 +243,19 @@ class PPOTrainer:
         merged = parts[0][0] if len(parts) == 1 else {
             key: sum(m[key] * n for m, n in parts) / max(n_local, 1.0) for key in parts[0][0]}
         return _global(merged, n_local, n_global), grad_norm
+
+
+def critic_param_groups(critic, lr: float, head_lr: float | None) -> list[dict] | None:
+    """The critic's body at `lr` and its value head at `head_lr` (None: one group at `lr`).
+
+    The head starts at zero on top of p_SFT's features: at the body's learning rate (the paper's 9e-6)
+    it takes hundreds of steps to learn even the returns' scale, which a short warm-up does not have."""
+    if head_lr is None:
+        return None
+    head = list(critic.value_head.parameters())
+    ids = {id(p) for p in head}
+    return [{"params": [p for p in critic.parameters() if id(p) not in ids], "lr": lr},
+            {"params": head, "lr": head_lr}]
 
 
 def repeat_prompts(prompts: list[list[int]], group_size: int, device) -> tuple[list[list[int]], torch.Tensor | None]:
