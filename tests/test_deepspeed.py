@@ -66,13 +66,19 @@ def run_stage(repo, name: str, cmd: list[str], outputs: list[str]) -> None:
     assert res.returncode == 0, f"{name}: {res.stderr[-4000:]}"
 
 
-def assert_close(runs: dict[str, list[dict]], rel: float) -> None:
+def assert_close(runs: dict[str, list[dict]], rel: float, strict_steps: int | None = None,
+                 loose: tuple[float, float] = (5e-2, 1e-3)) -> None:
+    """Every run's curve equals the single process's within `rel` (abs 1e-4) for its first `strict_steps`
+    rows (all when None), and within `loose` (rel, abs) after them: from the second optimizer step on,
+    Adam's update of a parameter whose gradient is at float-noise level is still of size lr, in a
+    direction set by the summation order, so sharded runs drift apart by more than rounding."""
     ref = runs["single"]
     for name, rows in runs.items():
         assert len(rows) == len(ref), name
         for step, (a, b) in enumerate(zip(ref, rows)):
+            r, tol = (rel, 1e-4) if strict_steps is None or step < strict_steps else loose
             for key, value in a.items():
-                assert b[key] == pytest.approx(value, rel=rel, abs=1e-4), f"{name} step {step + 1} {key}"
+                assert b[key] == pytest.approx(value, rel=r, abs=tol), f"{name} step {step + 1} {key}"
 
 
 def test_sft_curves_match_single_process(repo):
@@ -97,5 +103,5 @@ def test_ppo_curves_match_single_process(repo):
         run_stage(repo, name, PPO, ["ppo", "ppo.json", "ppo_report.json", "ppo_live"])
     keys = ["reward_raw", "kl", "policy_loss", "value_loss", "response_length", "clip_frac"]
     runs = {name: curve(repo / "out" / name / "ppo_live", keys) for name in RUNS}
-    assert len(runs["single"]) == 3  # 1 warm-up buffer + 2 PPO iterations
-    assert_close(runs, rel=1e-3)
+    assert len(runs["single"]) == 4  # 1 warm-up buffer swept twice (ppo.critic_warmup_epochs) + 2 PPO iterations
+    assert_close(runs, rel=1e-3, strict_steps=3)  # the warm-up and the first PPO iteration to 1e-3

@@ -71,7 +71,7 @@ def assert_curves_through_dvclive(repo, sft_steps: int) -> None:
     """One DVCLive row per SFT step and per PPO warm-up buffer / iteration, and one plot per curve family."""
     assert [r["step"] for r in live_rows(repo / "dvclive" / "sft")] == list(range(1, sft_steps + 1))
     ppo = live_rows(repo / "dvclive" / "ppo")
-    assert [r["step"] for r in ppo] == [1, 2, 3]  # 1 warm-up buffer, 2 iterations
+    assert [r["step"] for r in ppo] == [1, 2, 3, 4]  # 1 warm-up buffer swept twice, 2 iterations
     assert (repo / "dvclive/ppo/plots/metrics/warmup/value_loss.tsv").exists()  # warm-up rows stay apart
     assert not (repo / "dvclive/ppo/plots/metrics/warmup/policy_loss.tsv").exists()
     assert not list(repo.glob("dvclive/**/dvc.yaml"))  # DVCLive never declares anything itself
