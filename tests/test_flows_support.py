@@ -40,10 +40,15 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 600
 
 
 def checkout_files() -> list[str]:
-    """The checkout's files as a clone would hold them: tracked ones, plus new ones git does not ignore."""
+    """The checkout's files as a clone would hold them: tracked ones, plus new ones git does not ignore,
+    except an untracked `dvc.lock`: the state of a `dvc repro` run in this checkout (the Quickstart's), not
+    code under test; a test repository starts without one, as a clone does."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout
-    return [p for p in listed.split("\0") if p and (ROOT / p).is_file()]
+    tracked = set(subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split("\0"))
+    return [p for p in listed.split("\0") if p and (ROOT / p).is_file()
+            and (p in tracked or Path(p).name != "dvc.lock")]
 
 
 def full_clone(path: Path) -> Path:
