@@ -4,11 +4,13 @@
 
 Matched to `bench/workloads.py ppo --estimator grpo` (and the gae run's buffer): the same p_SFT start
 (data/sft) and p_PT, the same prompt records in the same order (4 per iteration, no shuffling), 4
-samples each = 16 rollouts, max 48 new tokens, temperature 1 / top-p 1 / no top-k, fp32, Adam at
+samples each = 16 rollouts, max 48 new tokens, temperature 1 / top-p 1 / no top-k, Adam at
 lr 1e-5 with grad-norm clip 1, 8 rollouts per optimizer step and 2 steps per generation (TRL's
 steps_per_generation), one pass (num_iterations 1), KL coefficient 0.2 to p_SFT (TRL: beta, in the
-loss; srppo: in the reward). Gradient checkpointing and bf16, on by default in TRL, are turned off:
-srppo uses neither here. The reward is srppo's own `score()` (p_SFT and p_PT forwards) with the
+loss; srppo: in the reward). TRL at its best CPU setting: bf16 (accelerate's autocast over fp32
+weights) where the CPU has bf16 matrix units, as srppo's `runtime.precision: auto` does, fp32
+elsewhere; gradient checkpointing (on by default in TRL) off: nothing here needs the memory.
+The reward is srppo's own `score()` (p_SFT and p_PT forwards, under the same autocast) with the
 calibrated normaliser, so both sides pay for the same reward model (which runs each distinct
 prompt's forward once per group of samples).
 What still differs (by design of each library): TRL runs p_SFT twice per iteration (its reference
@@ -37,6 +39,7 @@ from workloads import (  # noqa: E402
     n_params,
     ppo_setup,
     summarise,
+    use_precision,
 )
 
 
@@ -65,12 +68,12 @@ def coherent_reward_fn(tok, sft, pt, normalizer, max_new: int):
     return coherent_reward
 
 
-def grpo_config(shape: dict, out_dir: str):
+def grpo_config(shape: dict, out_dir: str, bf16: bool):
     from trl import GRPOConfig
 
     steps_per_gen = shape["buffer"] // shape["mini_batch_size"]
     return GRPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        output_dir=out_dir, use_cpu=True, bf16=bf16, fp16=False, gradient_checkpointing=False,
         per_device_train_batch_size=shape["mini_batch_size"], gradient_accumulation_steps=1,
         steps_per_generation=steps_per_gen, num_generations=shape["group_size"], num_iterations=1,
         max_steps=shape["iterations"] * steps_per_gen, max_completion_length=shape["max_new_tokens"],
@@ -92,6 +95,7 @@ def run(quick: bool) -> dict:
 
     shape = ppo_setup(quick, "grpo")
     dev, dt = torch.device("cpu"), torch.float32
+    bf16 = use_precision("auto") is not None  # the reward's forwards too, as srppo's run does
     torch.manual_seed(0)
     tok = load_tokenizer(SFT_DIR)
     records = [r for batch in bench_prompts(shape["iterations"], shape["prompts_per_iter"]) for r in batch]
@@ -99,13 +103,13 @@ def run(quick: bool) -> dict:
     reward = coherent_reward_fn(tok, frozen(SFT_DIR, dev, dt), frozen(BASE_DIR, dev, dt),
                                 RewardNormalizer.from_dict(read_json(NORM)), shape["max_new_tokens"])
     with tempfile.TemporaryDirectory(prefix="srppo-trl-") as tmp:
-        trainer = GRPOTrainer(model=str(SFT_DIR), reward_funcs=reward, args=grpo_config(shape, tmp),
+        trainer = GRPOTrainer(model=str(SFT_DIR), reward_funcs=reward, args=grpo_config(shape, tmp, bf16),
                               train_dataset=data, processing_class=tok)
         trainer.model.float()
         phases, rows = _instrument(trainer, reward)
         trainer.train()
     rows = _iterations(rows, shape["buffer"] // shape["mini_batch_size"])
-    return {**shape, "trl": trl_version, "params": n_params(trainer.model), "warmup": rows[0], "iters": rows[1:],
+    return {**shape, "trl": trl_version, "bf16": bf16, "params": n_params(trainer.model), "warmup": rows[0], "iters": rows[1:],
             **summarise(rows[1:])}
 
 

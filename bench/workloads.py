@@ -1,10 +1,14 @@
-"""In-process measurements on the embedded default (SmolLM2-135M, CPU, fp32), one per child process.
+"""In-process measurements on the embedded default (SmolLM2-135M, CPU), one per child process.
 
     python bench/workloads.py matmul OUT.json
-    python bench/workloads.py sft OUT.json [--quick]
+    python bench/workloads.py sft OUT.json [--precision auto|fp32] [--quick]
     python bench/workloads.py rollout OUT.json [--quick]
     python bench/workloads.py bf16 OUT.json [--quick]
-    python bench/workloads.py ppo OUT.json --estimator gae|grpo [--variant default|knobs-off|lora|no-recompute] [--quick]
+    python bench/workloads.py ppo OUT.json --estimator gae|grpo [--variant default|lora|recompute]
+                                          [--precision auto|fp32] [--quick]
+
+`--precision` is `runtime.precision`: `auto` (the default: bf16 autocast where the CPU has bf16 matrix
+units) or `fp32` (the path before it, the baseline the speed-ups are measured against).
 
 `bench/run.py` starts each in its own process under `/usr/bin/time -v`, so the peak RSS of one
 workload is not hidden by an earlier one and a crash in one does not lose the others. Every workload
@@ -81,7 +85,16 @@ def run_matmul(quick: bool) -> dict:
 
 
 # -- (a) SFT training throughput ------------------------------------------------------------------
-def run_sft(quick: bool) -> dict:
+def use_precision(precision: str) -> str | None:
+    """Set this process's mixed precision as `setup_runtime` would for `runtime.precision`; its dtype name."""
+    from srppo.runtime.precision import resolve_precision, set_autocast_dtype
+
+    dtype = resolve_precision(precision, torch.device("cpu"), torch.float32)
+    set_autocast_dtype(dtype)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def run_sft(quick: bool, precision: str = "auto") -> dict:
     """train_sft on the first demonstrations, default batch size 8; the first optimizer step
     (allocator and kernel warm-up) is timed apart and left out of the rate."""
     from srppo.config.params import SFTConfig
@@ -94,73 +107,122 @@ def run_sft(quick: bool) -> dict:
     tok = load_tokenizer(BASE_DIR)
     encoded = encode_demos(tok, read_jsonl(DEMOS)[:n_demos], cfg.max_len)
     model = load_causal_lm(BASE_DIR, torch.device("cpu"), torch.float32, trainable=True)
+    autocast = use_precision(precision)
     stamps = [time.perf_counter()]
     history = train_sft(model, tok, encoded, cfg, seed=0, on_step=lambda row: stamps.append(time.perf_counter()))
     tokens = [h["tokens"] for h in history]  # cumulative attention-mask tokens (prompt + response)
-    return {"params": n_params(model), "steps": len(history), "batch_size": cfg.batch_size,
+    return {"params": n_params(model), "steps": len(history), "batch_size": cfg.batch_size, "autocast": autocast,
+            "final_loss": history[-1]["loss"],
             "first_step_s": stamps[1] - stamps[0], "tokens": tokens[-1] - tokens[0],
             "seconds": stamps[-1] - stamps[1], "tokens_per_s": (tokens[-1] - tokens[0]) / (stamps[-1] - stamps[1])}
 
 
-# -- bf16 for the frozen forwards: is it correct enough, and faster? ----------------------------------
-def run_bf16(quick: bool) -> dict:
-    """p_SFT's per-token log-probs of demonstrations in fp32 and in bf16 weights/activations: the gap
-    (what the coherent reward and the KL term would inherit) and the forward time of each (best of 3)."""
-    from srppo.data.batch import collate, encode_prompt, encode_response
-    from srppo.data.records import read_jsonl
-    from srppo.models.loading import load_causal_lm, load_tokenizer
-    from srppo.models.logprobs import token_logprobs
+# -- bf16 autocast for the frozen forwards: is the reward and the KL it gives close enough to fp32? ----------
+PPO_DIR, ROLLOUTS = Path("data/ppo"), Path("data/rollouts")
 
-    tok = load_tokenizer(SFT_DIR)
-    demos = read_jsonl(DEMOS)[: 4 if quick else 16]
-    prompts = [encode_prompt(tok, d["messages"]) for d in demos]
-    batch = collate(prompts, [encode_response(tok, d["messages"], d["response"], p) for d, p in zip(demos, prompts)],
-                    tok.pad_token_id)
+
+def run_bf16(quick: bool) -> dict:
+    """The coherent reward r = log p_SFT(y|x) - log p_PT(y|x) of p_SFT's own samples (data/rollouts, T = 1)
+    and the KL of the trained actor (data/ppo) to p_SFT on the same rows, computed once in fp32 and once
+    under bf16 autocast, each through the library's `score()` and `token_logprobs`: the error bf16 adds,
+    against the spread of the quantity itself, and the time of each pass."""
+    import pandas as pd
+
+    from srppo.data.batch import collate
+    from srppo.models.loading import frozen
+    from srppo.models.logprobs import token_logprobs
+    from srppo.rollout.engine import Generation
+    from srppo.runtime.precision import resolve_precision, set_autocast_dtype
+    from srppo.scoring.score import in_chunks, score
+
+    frame = pd.concat(pd.read_parquet(f) for f in sorted(ROLLOUTS.glob("buffer_*.parquet")))
+    frame = frame.head(16 if quick else 64)
+    gens = [Generation(list(p), list(r), bool(t)) for p, r, t in
+            zip(frame["prompt_ids"], frame["response_ids"], frame["truncated"])]
+    cpu = torch.device("cpu")
+    sft, pt, actor = (frozen(d, cpu, torch.float32) for d in (SFT_DIR, BASE_DIR, PPO_DIR))
+    pad = json.loads((SFT_DIR / "generation_config.json").read_text()).get("pad_token_id", 0)
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        model = load_causal_lm(SFT_DIR, torch.device("cpu"), dtype)
-        times = []
+    for name, precision in (("fp32", "fp32"), ("bf16", "bf16")):
+        set_autocast_dtype(resolve_precision(precision, cpu, torch.float32))
+        t = time.perf_counter()
         with torch.no_grad():
-            for _ in range(3):
-                t = time.perf_counter()
-                logp = token_logprobs(model, batch)
-                times.append(time.perf_counter() - t)
-        out[name] = {"logp": logp, "seconds": min(times)}
-    mask = batch.action_mask
-    gap = (out["fp32"]["logp"] - out["bf16"]["logp"]).abs() * mask
-    seq = (out["fp32"]["logp"].sum(-1) - out["bf16"]["logp"].sum(-1)).abs()
-    return {"rows": len(demos), "tokens": int(mask.sum()), "token_gap_mean": float(gap.sum() / mask.sum()),
-            "token_gap_max": float(gap.max()), "sequence_gap_mean": float(seq.mean()),
-            "sequence_logp_mean": float(out["fp32"]["logp"].sum(-1).mean()),
-            "fp32_s": out["fp32"]["seconds"], "bf16_s": out["bf16"]["seconds"]}
+            scored = score(gens, sft, pt, pad, cpu, chunk=16)
+            score_s = time.perf_counter() - t
+            logp_actor = in_chunks(lambda b: token_logprobs(actor, b), scored.batch, 16)
+        mask = scored.batch.action_mask
+        out[name] = {"reward": scored.reward_raw, "kl": ((logp_actor - scored.logp_sft) * mask).sum(-1),
+                     "logp_sft": (scored.logp_sft * mask).sum(-1), "score_s": score_s}
+    set_autocast_dtype(None)
+    f32, b16 = out["fp32"], out["bf16"]
+    d_reward, d_kl = (b16["reward"] - f32["reward"]).abs(), (b16["kl"] - f32["kl"]).abs()
+    corr = lambda a, b: float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    scale = json.loads(NORM.read_text())["scale"]
+    # what PPO's advantages are made of: the sequence's return, r - beta * KL (beta per nat of raw reward)
+    from srppo.config.params import PPOConfig
+
+    beta = PPOConfig().kl_coef
+    ret = lambda o: o["reward"] - beta * o["kl"]
+    d_return = (ret(b16) - ret(f32)).abs()
+    return {"rows": len(gens), "tokens": int(collate([g.prompt_ids for g in gens], [g.response_ids for g in gens],
+                                                      pad).action_mask.sum()),
+            "reward_std": float(f32["reward"].std()), "reward_gap_mean": float(d_reward.mean()),
+            "reward_gap_max": float(d_reward.max()), "reward_corr": corr(f32["reward"], b16["reward"]),
+            "reward_gap_normalised_mean": float(d_reward.mean() / scale), "norm_scale": scale,
+            "kl_mean": float(f32["kl"].mean()), "kl_std": float(f32["kl"].std()),
+            "kl_gap_mean": float(d_kl.mean()), "kl_gap_max": float(d_kl.max()), "kl_corr": corr(f32["kl"], b16["kl"]),
+            "kl_bias": float((b16["kl"] - f32["kl"]).mean()), "reward_bias": float((b16["reward"] - f32["reward"]).mean()),
+            "beta": beta, "return_std": float(ret(f32).std()), "return_gap_mean": float(d_return.mean()),
+            "return_corr": corr(ret(f32), ret(b16)),
+            "logp_sft_gap_mean": float((b16["logp_sft"] - f32["logp_sft"]).abs().mean()),
+            "fp32_s": f32["score_s"], "bf16_s": b16["score_s"]}
 
 
 # -- (b) rollout engine vs one prompt at a time ------------------------------------------------
 def run_rollout(quick: bool) -> dict:
-    """bench/rollout_throughput.py's timing on the transformers engine only (vLLM lives in its own
-    virtualenv: that script covers it); rounds alternate so machine load hits both alike."""
+    """bench/rollout_throughput.py's timing: one prompt at a time in fp32 (the baseline), the transformers
+    engine batched in fp32 (the path before mixed precision) and at `runtime.precision: auto`, and vLLM
+    when it is installed; rounds alternate so machine load hits all alike."""
+    import importlib.util
+
     from rollout_throughput import prompt_records, timed_generate
 
     from srppo.data.batch import encode_prompt
     from srppo.models.loading import load_causal_lm, load_tokenizer
     from srppo.rollout.engine import SamplingParams, make_engine
+    from srppo.runtime.precision import set_autocast_dtype
 
     n, batch, rounds, max_new = (8, 8, 1, 8) if quick else (32, 16, 2, 48)
     tok = load_tokenizer(SFT_DIR)
     model = load_causal_lm(SFT_DIR, torch.device("cpu"), torch.float32)
     prompts = [encode_prompt(tok, r["messages"]) for r in prompt_records()[0][:n]]
     params = SamplingParams(max_new_tokens=max_new)
-    engines = {"batched": make_engine("hf", model, tok, batch), "naive": make_engine("hf", model, tok, 1)}
-    for engine in engines.values():
+    auto = use_precision("auto")
+    # name -> (engine, autocast dtype it runs under)
+    engines = {"naive": (make_engine("hf", model, tok, 1), None), "batched_fp32": (make_engine("hf", model, tok, batch), None),
+               "batched": (make_engine("hf", model, tok, batch), getattr(torch, auto) if auto else None)}
+    startup = {}
+    if importlib.util.find_spec("vllm") is not None:
+        t = time.perf_counter()
+        engines["vllm"] = (make_engine("vllm", model, tok, batch, model_path=str(SFT_DIR), seed=0,
+                                       dtype=torch.bfloat16 if auto else torch.float32), None)
+        startup["vllm"] = time.perf_counter() - t
+    for engine, dtype in engines.values():
+        set_autocast_dtype(dtype)
         timed_generate(engine, prompts[:2], params)  # warm-up
     runs = {name: [] for name in engines}
     for r in range(rounds):
-        for name, engine in engines.items():
+        for name, (engine, dtype) in engines.items():
+            set_autocast_dtype(dtype)
             torch.manual_seed(r)
             runs[name].append(timed_generate(engine, prompts, params))
+    set_autocast_dtype(None)
     med = {name: statistics.median(x["tps"] for x in rs) for name, rs in runs.items()}
+    best = max((k for k in med if k != "naive"), key=med.get)
     return {"prompts": n, "batch_size": batch, "max_new_tokens": max_new, "rounds": rounds, "runs": runs,
-            "batched_tps": med["batched"], "naive_tps": med["naive"], "ratio": med["batched"] / med["naive"]}
+            "autocast": auto, "startup_s": startup, "tps": med, "best": best, "naive_tps": med["naive"],
+            "batched_tps": med["batched"], "ratio": med[best] / med["naive"],
+            "ratio_batched_fp32": med["batched_fp32"] / med["naive"]}
 
 
 # -- (a, c, d) SRPPO PPO iterations ---------------------------------------------------------------
@@ -201,11 +263,10 @@ def fresh_adapter_dir(out: Path) -> Path:
 
 # ppo workload variants: the defaults, the two PPO speed knobs off, LoRA with one shared base, and
 # activations kept instead of recomputed (what gae's default, activation_checkpointing 'auto', trades)
-VARIANTS = {"default": {}, "knobs-off": {"ppo": {"logp_old": "actor", "group_by_length": False}},
-            "lora": {"lora": {"enabled": True}}, "no-recompute": {"ppo": {"activation_checkpointing": False}}}
+VARIANTS = {"default": {}, "lora": {"lora": {"enabled": True}}, "recompute": {"ppo": {"activation_checkpointing": True}}}
 
 
-def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
+def run_ppo(quick: bool, estimator: str, variant: str = "default", precision: str = "auto") -> dict:
     """The ppo stage's own library call, `run_ppo` (`ppo_roles`: actor, critic, frozen p_SFT and p_PT, or their
     LoRA views; the calibrated normaliser, the hf engine), on fixed prompt batches (`iteration_rows`, through its
     `stream` hook) with no critic warm-up, no checkpoints and no length guard; the first iteration is a
@@ -221,7 +282,7 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
 
     shape = ppo_setup(quick, estimator)
     params = Params.model_validate(deep_merge({
-        "runtime": {"device": "cpu"},
+        "runtime": {"device": "cpu", "precision": precision},
         "ppo": {"estimator": estimator, "group_size": shape["group_size"], "mini_batch_size": shape["mini_batch_size"],
                 "iterations": shape["iterations"], "critic_warmup_buffers": 0, "checkpoint_every": 0,
                 "length_guard": 1e9},  # every iteration is measured, whatever the lengths do
@@ -243,7 +304,10 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default") -> dict:
                      "train_actor": phase["train_actor"], "train_critic": phase["train_critic"], "train": phase["train"]})
     actor = run.roles.actor
     model = actor._shared.model if params.lora.enabled else actor  # the whole network either way
-    return {**shape, "variant": variant, "params": n_params(model), "trainable_params": n_params(actor),
+    from srppo.runtime.precision import autocast_dtype
+
+    return {**shape, "variant": variant, "precision": precision, "autocast": str(autocast_dtype()),
+            "params": n_params(model), "trainable_params": n_params(actor),
             "recompute_activations": recompute_activations(params),
             "warmup": rows[0], "iters": rows[1:],
             **summarise(rows[1:])}
@@ -261,11 +325,13 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--estimator", default="gae")
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="default", help="ppo only")
+    ap.add_argument("--precision", choices=["auto", "fp32"], default="auto", help="sft and ppo: runtime.precision")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     t = time.perf_counter()
-    result = {"matmul": lambda: run_matmul(a.quick), "sft": lambda: run_sft(a.quick),
-              "rollout": lambda: run_rollout(a.quick), "bf16": lambda: run_bf16(a.quick), "ppo": lambda: run_ppo(a.quick, a.estimator, a.variant)}[a.workload]()
+    result = {"matmul": lambda: run_matmul(a.quick), "sft": lambda: run_sft(a.quick, a.precision),
+              "rollout": lambda: run_rollout(a.quick), "bf16": lambda: run_bf16(a.quick),
+              "ppo": lambda: run_ppo(a.quick, a.estimator, a.variant, a.precision)}[a.workload]()
     result.update(machine=machine(), wall_s=time.perf_counter() - t)
     a.out.write_text(json.dumps(result, indent=1))
 

@@ -47,3 +47,14 @@ def reproduced_smoke(tmp_path_factory, tiny_dir):
 
     repo = make_repo(tmp_path_factory.mktemp("smoke") / "repo", tiny_dir)
     return repo, run(["dvc", "repro"], repo)
+
+
+@pytest.fixture(autouse=True)
+def fp32_unless_a_test_sets_up_a_runtime():
+    """Mixed precision is a process setting (`setup_runtime` sets it per stage); a test that calls
+    setup_runtime must not leave bf16 autocast on for the next test's exact comparisons."""
+    from srppo.runtime.precision import set_autocast_dtype
+
+    set_autocast_dtype(None)
+    yield
+    set_autocast_dtype(None)

@@ -24,7 +24,12 @@ class RuntimeConfig(Section):
     seed: int = Field(0, description="Global seed for torch, sampling and data shuffles.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks cuda when available.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Compute dtype. fp32 on CPU: bf16 is slower there without AMX.")
+        "float32", description="The weights' dtype (and the optimizer's). fp32 on CPU; bf16 in the GPU presets.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Matrix products of fp32 weights: 'bf16' = torch.autocast(bf16) for every model "
+        "forward and backward (weights, optimizer states, norms, softmaxes and log-probs stay fp32); 'auto' = "
+        "bf16 where the device has bf16 matrix units (CUDA, or a CPU with AMX / AVX-512 BF16), fp32 elsewhere; "
+        "'fp32' = never. srppo/runtime/precision.py.")
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = all cores.")
     num_processes: int = Field(
         1, ge=1, description="Training processes for the sft and ppo stages (one per GPU). Above 1 the stage "

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from srppo.config.params import BaseConfig, RuntimeConfig
+from srppo.runtime.precision import autocast, resolve_precision, set_autocast_dtype
 
 # Tulu-v2's template, for base models whose tokenizer has none (Mistral-7B, Llama-3-8B base).
 TULU_TEMPLATE = (
@@ -45,7 +46,8 @@ def return_freed_memory_to_the_os() -> bool:
 
 
 def setup_runtime(rt: RuntimeConfig, return_freed_memory: bool = False) -> tuple[torch.device, torch.dtype]:
-    """Seed everything and pick device/dtype once per stage (see return_freed_memory_to_the_os)."""
+    """Seed everything and pick device, weights' dtype and mixed precision once per stage (see
+    return_freed_memory_to_the_os and srppo.runtime.precision)."""
     if return_freed_memory:
         return_freed_memory_to_the_os()
     if rt.threads:
@@ -56,7 +58,12 @@ def setup_runtime(rt: RuntimeConfig, return_freed_memory: bool = False) -> tuple
     use_cuda = rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available())
     if rt.device == "cuda" and not torch.cuda.is_available():
         raise ModelError("runtime.device='cuda' but no CUDA device is visible")
-    return torch.device("cuda" if use_cuda else "cpu"), getattr(torch, rt.dtype)
+    device, dtype = torch.device("cuda" if use_cuda else "cpu"), getattr(torch, rt.dtype)
+    try:
+        set_autocast_dtype(resolve_precision(rt.precision, device, dtype))
+    except ValueError as err:
+        raise ModelError(str(err)) from None
+    return device, dtype
 
 
 def gguf_location(package: str, filename: str) -> Path:
@@ -187,8 +194,9 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask):  # (B, T) -> (B, T)
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.value_head(hidden).squeeze(-1).float()
+        with autocast(input_ids.device):
+            hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.value_head(hidden.float()).squeeze(-1).float()  # the head in fp32: it reads one number
 
     def save(self, out_dir: Path) -> None:
         from safetensors.torch import save_file

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from srppo.data.batch import Batch
+from srppo.runtime.precision import autocast
 
 
 def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature: float = 1.0):
@@ -19,7 +20,8 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
     """
     B, T = batch.input_ids.shape
     keep = T - batch.first_action  # positions first_action .. T-1 (the last predicts nothing)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep)
+    with autocast(batch.input_ids.device):  # bf16 matmuls where the chip has the units; logits upcast below
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep)
     logits = out.logits[:, :-1].float()  # (B, keep-1, V) predicting tokens first_action+1 .. T-1
     del out  # the logits are the largest tensor here: keep no second reference to them
     if temperature != 1.0:
@@ -77,8 +79,9 @@ def _score_chunk(model, prompts, responses, groups: list[list[int]], pad_id: int
     for u, p in enumerate(heads):  # left padding: every prompt ends at column P-1
         ids[u, P - len(p):] = torch.tensor(p, device=device)
         attn[u, P - len(p):] = 1
-    first = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
-                  use_cache=True, logits_to_keep=1)
+    with autocast(device):
+        first = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                      use_cache=True, logits_to_keep=1)
     row_ids = [i for g in groups for i in g]
     sel = torch.tensor([u for u, g in enumerate(groups) for _ in g], device=device)
     first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)[sel]  # predicts response token 0
@@ -92,9 +95,10 @@ def _score_chunk(model, prompts, responses, groups: list[list[int]], pad_id: int
         cache.reorder_cache(sel)
         resp_attn = (torch.arange(R - 1, device=device) < torch.tensor(
             [len(responses[i]) for i in row_ids], device=device)[:, None]).long()
-        rest = model(input_ids=resp[:, :-1], attention_mask=torch.cat([attn[sel], resp_attn], dim=1),
-                     position_ids=attn[sel].sum(-1, keepdim=True) + torch.arange(R - 1, device=device),
-                     past_key_values=cache, use_cache=False).logits.float()
+        with autocast(device):
+            rest = model(input_ids=resp[:, :-1], attention_mask=torch.cat([attn[sel], resp_attn], dim=1),
+                         position_ids=attn[sel].sum(-1, keepdim=True) + torch.arange(R - 1, device=device),
+                         past_key_values=cache, use_cache=False).logits.float()
         logp = torch.cat([logp, -F.cross_entropy(rest.transpose(1, 2), resp[:, 1:], reduction="none")], dim=1)
     for k, i in enumerate(row_ids):  # into collate's layout: logits at t predict token t+1
         start, n = len(prompts[i]) - 1, len(responses[i])

@@ -13,6 +13,8 @@ from typing import Callable, Protocol
 import torch
 from transformers import LogitsProcessorList
 
+from srppo.runtime.precision import autocast
+
 
 @dataclass
 class Generation:
@@ -153,11 +155,12 @@ class HFEngine:
         sample = dict(do_sample=False) if params.greedy or sampler else dict(
             do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         ids, attn = ids.to(device), attn.to(device)
-        out = self.model.generate(
-            input_ids=ids, attention_mask=attn, max_new_tokens=params.max_new_tokens,
-            pad_token_id=pad, eos_token_id=self.tok.eos_token_id, use_cache=True,
-            past_key_values=self._shared_prefill(prompts, ids, attn),
-            logits_processor=LogitsProcessorList([sampler]) if sampler else None, **sample)
+        with autocast(device):  # one context for the whole call: a trainable actor's weights cast once
+            out = self.model.generate(
+                input_ids=ids, attention_mask=attn, max_new_tokens=params.max_new_tokens,
+                pad_token_id=pad, eos_token_id=self.tok.eos_token_id, use_cache=True,
+                past_key_values=self._shared_prefill(prompts, ids, attn),
+                logits_processor=LogitsProcessorList([sampler]) if sampler else None, **sample)
         self.model.train(was_training)
         logprobs = sampler.logprobs(len(prompts)).tolist() if sampler else None
         gens = []

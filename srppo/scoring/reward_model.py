@@ -16,6 +16,7 @@ from torch import nn
 from srppo.config.params import RewardConfig
 from srppo.data.batch import Batch
 from srppo.models.loading import ModelError, check_weights
+from srppo.runtime.precision import autocast
 from srppo.scoring.rewards import last_action_index
 
 
@@ -60,7 +61,8 @@ def score_head(model) -> nn.Module:
 
 def reward_scores(model, batch: Batch) -> torch.Tensor:
     """(B,) scalar reward of each [prompt | response] at its last response token."""
-    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    with autocast(batch.input_ids.device):
+        hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     last = last_action_index(batch.action_mask) + 1  # action t predicts input token t + 1
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return score_head(model)(hidden[rows, last]).squeeze(-1).float()
+    return score_head(model)(hidden[rows, last].float()).squeeze(-1).float()
