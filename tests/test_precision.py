@@ -136,3 +136,39 @@ def test_a_preset_may_pin_fp32():
     assert parse_overrides("runtime.precision=fp32") == {"runtime": {"precision": "fp32"}}
     with pytest.raises((ConfigError, ValueError)):
         Params.model_validate({"runtime": {"precision": 16}})
+
+
+def test_a_frozen_model_keeps_bf16_matmul_weights_and_gives_the_same_log_probs_bit_for_bit(tiny_sft_dir):
+    from srppo.models.loading import frozen
+
+    tok = load_tokenizer(tiny_sft_dir)
+    batch = _batch(tok)
+    set_autocast_dtype(torch.bfloat16)
+    live = load_causal_lm(tiny_sft_dir, CPU, torch.float32)  # fp32 weights, cast by autocast at each forward
+    stored = frozen(tiny_sft_dir, CPU, torch.float32)
+    dtypes = {name: p.dtype for name, p in stored.named_parameters()}
+    assert dtypes["model.layers.0.mlp.up_proj.weight"] == torch.bfloat16
+    assert dtypes["model.embed_tokens.weight"] == torch.float32  # and the head tied to it
+    assert dtypes["model.norm.weight"] == torch.float32
+    with torch.no_grad():
+        assert torch.equal(token_logprobs(stored, batch), token_logprobs(live, batch))
+    set_autocast_dtype(None)
+    assert all(p.dtype == torch.float32 for p in frozen(tiny_sft_dir, CPU, torch.float32).parameters())
+
+
+def test_sft_batches_group_similar_lengths_and_still_see_every_row_once_per_epoch():
+    import random
+
+    from srppo.methods.sft import micro_batches
+
+    lengths = [random.Random(k).randint(30, 90) for k in range(96)]
+    fill = lambda batches: sum(sum(lengths[i] for i in b) for _, b in batches) / sum(
+        max(lengths[i] for i in b) * len(b) for _, b in batches)
+    plain = list(micro_batches(96, 8, 2.0, seed=0))
+    grouped = list(micro_batches(96, 8, 2.0, seed=0, lengths=lengths))
+    assert grouped == list(micro_batches(96, 8, 2.0, seed=0, lengths=lengths))  # the seed fixes the schedule
+    for epoch in (0, 1):
+        rows = [i for e, b in grouped if e == epoch for i in b]
+        assert sorted(rows) == list(range(96))
+    assert fill(grouped) > 0.9 > fill(plain)
+    assert [len(b) for _, b in grouped] == [len(b) for _, b in plain]

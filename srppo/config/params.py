@@ -124,6 +124,9 @@ class SFTConfig(Section):
     lr: float = Field(2e-5, gt=0, description="Paper grid: {1e-5, 5e-6, 1e-6, 5e-7}.")
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (paper: 128 per step).")
+    group_by_length: bool = Field(
+        True, description="Batch rows of similar length (sorted within random groups of 8 batches, batch order "
+        "shuffled): less padding per forward. false = plain shuffled batches.")
     max_len: int = Field(256, ge=8, description="Prompt + response tokens; longer rows are an error.")
     overlength: Literal["error", "drop"] = Field(
         "error", description="A demonstration over max_len: 'error' stops before training, naming the row; "

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from srppo.config.params import BaseConfig, RuntimeConfig
-from srppo.runtime.precision import autocast, resolve_precision, set_autocast_dtype
+from srppo.runtime.precision import autocast, autocast_dtype, resolve_precision, set_autocast_dtype
 
 # Tulu-v2's template, for base models whose tokenizer has none (Mistral-7B, Llama-3-8B base).
 TULU_TEMPLATE = (
@@ -168,7 +168,23 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, t
 
 
 def frozen(path, device, dtype):
-    return load_causal_lm(path, device, dtype, trainable=False).eval()
+    return matmul_weights_in_autocast_dtype(load_causal_lm(path, device, dtype, trainable=False).eval())
+
+
+def matmul_weights_in_autocast_dtype(model):
+    """A frozen model under bf16 autocast (`runtime.precision`) keeps its linear layers' weights in bf16: the
+    very values autocast would round them to at every forward, so every result is bit-identical, while the
+    model takes half the memory (0.2 GB less per 135M frozen role) and no forward re-casts its weights.
+    Embeddings (and the output head tied to them) and norms stay fp32, as autocast leaves them. Not under
+    several processes, where ZeRO-3 may shard the frozen roles with its own dtype handling."""
+    target = autocast_dtype()
+    if target is None or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return model
+    tied = {id(p) for p in model.get_input_embeddings().parameters()}
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and id(module.weight) not in tied:
+            module.to(target)
+    return model
 
 
 def checkpoint_activations(model) -> None:

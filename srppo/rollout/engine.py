@@ -155,7 +155,7 @@ class HFEngine:
         sample = dict(do_sample=False) if params.greedy or sampler else dict(
             do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         ids, attn = ids.to(device), attn.to(device)
-        with autocast(device):  # one context for the whole call: a trainable actor's weights cast once
+        with autocast(device):  # one context for the call: a trainable actor's weights are cast once
             out = self.model.generate(
                 input_ids=ids, attention_mask=attn, max_new_tokens=params.max_new_tokens,
                 pad_token_id=pad, eos_token_id=self.tok.eos_token_id, use_cache=True,
