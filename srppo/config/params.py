@@ -125,8 +125,10 @@ class SFTConfig(Section):
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (paper: 128 per step).")
     group_by_length: bool = Field(
-        True, description="Batch rows of similar length (sorted within random groups of 8 batches, batch order "
-        "shuffled): less padding per forward. false = plain shuffled batches.")
+        False, description="Batch rows of similar length (sorted within random groups of 8 batches, batch order "
+        "shuffled): 96 % of a forward's tokens real instead of 71 % on the default's demonstrations, SFT 1.4x "
+        "faster. Off by default: on the testbed a row's length goes with its family, so grouped batches hold "
+        "fewer families, and the default's training loss ended higher (third-epoch mean 0.96 against 0.77 ungrouped, both under bf16).")
     max_len: int = Field(256, ge=8, description="Prompt + response tokens; longer rows are an error.")
     overlength: Literal["error", "drop"] = Field(
         "error", description="A demonstration over max_len: 'error' stops before training, naming the row; "
