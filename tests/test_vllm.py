@@ -126,9 +126,11 @@ def vllm_repo(tmp_path_factory, vllm_pt):
     """The smoke preset through `dvc repro` with every sampling stage on vLLM."""
     from test_pipeline import make_repo, run, stages_run
 
-    # eval of p_SFT and SRPPO only: every engine start costs ~7 s here, and the HF run covers all three
+    # eval of p_SFT and SRPPO only: every engine start costs ~7 s here, and the HF run covers all three.
+    # fp32: the checks below hold vLLM's fp32 log-probs to the trainer's, and two processes' curves to one's,
+    # at float noise; bf16 autocast in the trainer would put its rounding between them (test_precision.py)
     repo = make_repo(tmp_path_factory.mktemp("vllm_repo"), vllm_pt,
-                     {"rollouts": {"engine": "vllm"}, "eval": {"models": ["sft", "srppo"]}})
+                     {"runtime": {"precision": "fp32"}, "rollouts": {"engine": "vllm"}, "eval": {"models": ["sft", "srppo"]}})
     out = run(["dvc", "repro"], repo)
     assert stages_run(out) == {"base", "prepare", "sft", "diagnose", "calibrate", "rollouts", "ppo", "eval"}
     return repo
