@@ -188,7 +188,7 @@ def run_rollout(quick: bool) -> dict:
     from rollout_throughput import prompt_records, timed_generate
 
     from srppo.data.batch import encode_prompt
-    from srppo.models.loading import load_causal_lm, load_tokenizer
+    from srppo.models.loading import frozen, load_causal_lm, load_tokenizer
     from srppo.rollout.engine import SamplingParams, make_engine
     from srppo.runtime.precision import set_autocast_dtype
 
@@ -198,9 +198,14 @@ def run_rollout(quick: bool) -> dict:
     prompts = [encode_prompt(tok, r["messages"]) for r in prompt_records()[0][:n]]
     params = SamplingParams(max_new_tokens=max_new)
     auto = use_precision("auto")
+    auto_dtype = getattr(torch, auto) if auto else None
+    # the sampling stages' own model: frozen(), whose linear weights are stored in the autocast dtype
+    set_autocast_dtype(auto_dtype)
+    stage_model = frozen(SFT_DIR, torch.device("cpu"), torch.float32)
+    set_autocast_dtype(None)
     # name -> (engine, autocast dtype it runs under)
     engines = {"naive": (make_engine("hf", model, tok, 1), None), "batched_fp32": (make_engine("hf", model, tok, batch), None),
-               "batched": (make_engine("hf", model, tok, batch), getattr(torch, auto) if auto else None)}
+               "batched": (make_engine("hf", stage_model, tok, batch), auto_dtype)}
     startup = {}
     if importlib.util.find_spec("vllm") is not None:
         t = time.perf_counter()

@@ -20,6 +20,7 @@ from srppo.io import atomic_dir
 from srppo.methods.ppo.run import PPOInputs, run_ppo
 from srppo.models.loading import save_pretrained, setup_runtime
 from srppo.models.lora import adapter_summary
+from srppo.rollout.sampling import engine_name
 from srppo.runtime import distributed
 from srppo.runtime.checkpoint import stage_checkpointer
 from srppo.runtime.stage import (
@@ -104,7 +105,8 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         "response_length_first": first["response_length"],
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
-        "processes": distributed.world_size(), **engine_report(params.rollouts.engine, ppo_rows),
+        "processes": distributed.world_size(), **engine_report(
+            engine_name(params.rollouts, sft_dir, trains=True, shared_base=params.lora.enabled), ppo_rows),
         **warmup_report(warmup_rows),
         "lora": adapter_summary(sft_dir) if params.lora.enabled else None}
     write_results(metrics_path, report_path, summary(report), report, timer)

@@ -167,3 +167,19 @@ def test_paths_beside_an_output_are_derived_from_it():
     assert beside_output("data/ppo", "debug").as_posix() == "data/debug/ppo"
     assert beside_output("comparison/data/m-s0/srppo/model", "checkpoints").as_posix() == \
         "comparison/data/m-s0/srppo/checkpoints/model"
+
+
+def test_critic_warmup_stops_once_the_held_out_loss_stops_improving():
+    # the embedded default's held-out value loss over 12 warm-up passes (6 buffers, 2 sweeps): best at
+    # pass 3, then rising; with patience 2 the warm-up ends after the first sweep (pass 6), not at 12
+    from srppo.methods.ppo.run import warmup_stalled
+
+    losses = [0.1920, 0.1917, 0.1905, 0.1940, 0.1965, 0.2010, 0.2067, 0.2096, 0.2172, 0.2277, 0.2365, 0.2458]
+    rows = lambda n: [{"phase": "warmup", "heldout_value_loss": x} for x in losses[:n]]
+    stalled = [n for n in range(13) if warmup_stalled(rows(n), patience=2, first_sweep=6)]
+    assert stalled[0] == 6
+    assert not warmup_stalled(rows(5), patience=2, first_sweep=6)  # within the first sweep: never
+    assert not any(warmup_stalled(rows(n), None, 6) for n in range(13))  # patience null: every pass
+    assert not warmup_stalled([{"phase": "warmup", "value_loss": 1.0}] * 8, 2, 6)  # no held-out buffer
+    improving = [{"phase": "warmup", "heldout_value_loss": 1.0 / (k + 1)} for k in range(12)]
+    assert not warmup_stalled(improving, 2, 6)

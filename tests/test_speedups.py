@@ -243,3 +243,31 @@ def test_fused_adamw_steps_like_torchs_default():
     ({"activation_checkpointing": True}, True, False)])
 def test_auto_checkpointing_only_where_the_peak_binds(ppo, lora, expected):
     assert recompute_activations(Params.model_validate({"ppo": ppo, "lora": {"enabled": lora}})) is expected
+
+
+def test_auto_engine_keeps_the_transformers_engine_where_vllm_cannot_help(tiny_sft_dir):
+    # PPO's live actor off a GPU, LoRA's shared base, and a model vLLM's CPU attention has no kernel for
+    # (the tiny model's head size is 8) all sample with the transformers engine; an explicit choice is kept
+    from srppo.config.params import RolloutConfig
+    from srppo.rollout.sampling import engine_name
+
+    auto = RolloutConfig()
+    assert auto.engine == "auto"
+    assert engine_name(auto, tiny_sft_dir) == "hf"
+    assert engine_name(auto, tiny_sft_dir, trains=True) == "hf"
+    assert engine_name(auto, tiny_sft_dir, shared_base=True) == "hf"
+    assert engine_name(RolloutConfig(engine="vllm"), tiny_sft_dir) == "vllm"
+    assert engine_name(RolloutConfig(engine="hf"), tiny_sft_dir) == "hf"
+
+
+def test_vllm_calls_take_what_one_prefill_step_takes():
+    # each call's prompts fit one prefill step (no split prefill: vLLM cannot rewind a seeded CPU generator),
+    # in order, every prompt once; a prompt longer than the budget goes alone
+    from srppo.rollout.vllm_engine import prefill_chunks
+
+    prompts = [[1] * n for n in (30, 30, 30, 50, 120, 10, 10)]
+    chunks = list(prefill_chunks(prompts, budget=100, limit=3))
+    assert [(start, [len(p) for p in c]) for start, c in chunks] == [
+        (0, [30, 30, 30]), (3, [50]), (4, [120]), (5, [10, 10])]
+    assert [p for _, c in chunks for p in c] == prompts
+    assert list(prefill_chunks([], 100)) == []

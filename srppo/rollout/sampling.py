@@ -5,15 +5,77 @@ Shared by every stage that samples (calibrate, rollouts, ppo, eval and the basel
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
 from srppo.config.params import RolloutConfig
 from srppo.data.batch import encode_prompt, encode_response
 from srppo.data.records import DataError
 from srppo.rollout.engine import Generation, SamplingParams, make_engine
+from srppo.runtime.precision import autocast_dtype
 
 
-def rollout_engine(cfg: RolloutConfig, model, tok, model_path, seed: int, dtype, batch_size: int | None = None):
-    """The configured engine sampling from `model` (vLLM starts from `model_path`, the same weights)."""
-    return make_engine(cfg.engine, model, tok, batch_size or cfg.batch_size, model_path=str(model_path),
+def engine_name(cfg: RolloutConfig, model_path=None, trains: bool = False, shared_base: bool = False) -> str:
+    """The engine `rollouts.engine` resolves to for the model at `model_path`. 'auto' picks vLLM where it
+    imports and can run that model (off a GPU, vLLM's CPU attention has kernels for some head sizes only),
+    and the transformers engine otherwise; a policy in training (`trains`: PPO's actor) keeps the transformers
+    engine off a GPU, and always when its roles share one base model (`shared_base`: LoRA), which only that
+    engine can sample from."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    if shared_base or (trains and not torch.cuda.is_available()):
+        return "hf"
+    reason = _vllm_unusable() or (_vllm_cannot_run(str(model_path)) if model_path is not None else None)
+    if reason:
+        _say_once(f"rollouts.engine=auto: the transformers engine samples ({reason})")
+    return "hf" if reason else "vllm"
+
+
+@functools.cache
+def _vllm_unusable() -> str | None:
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed"
+    from srppo.rollout.vllm_engine import vllm_available
+
+    return vllm_available()
+
+
+@functools.cache
+def _vllm_cannot_run(model_path: str) -> str | None:
+    """Why vLLM's CPU backend cannot run this model, or None (also on a GPU, and when the check itself fails:
+    vLLM then says why when it starts)."""
+    if torch.cuda.is_available():
+        return None
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        sizes = CPUAttentionBackend.get_supported_head_sizes()
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    except Exception:
+        return None
+    return None if head in sizes else f"vLLM's CPU attention has no kernel for {model_path}'s head size {head}"
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def rollout_engine(cfg: RolloutConfig, model, tok, model_path, seed: int, dtype, batch_size: int | None = None,
+                   trains: bool = False, shared_base: bool = False):
+    """The configured engine (`engine_name`) sampling from `model`; vLLM starts from `model_path`, the same
+    weights, in the autocast dtype when there is one (bf16 under `runtime.precision: auto`), as the
+    transformers engine computes."""
+    name = engine_name(cfg, model_path, trains, shared_base)
+    if name == "vllm":
+        dtype = autocast_dtype() or dtype
+    return make_engine(name, model, tok, batch_size or cfg.batch_size, model_path=str(model_path),
                        options=cfg.vllm, seed=seed, dtype=dtype)
 
 

@@ -21,7 +21,7 @@ from srppo.io import read_json
 from srppo.methods.ppo.roles import ppo_roles
 from srppo.methods.ppo.trainer import PPOTrainer, Roles
 from srppo.models.loading import context_length, load_tokenizer
-from srppo.rollout.sampling import prompt_ids, rollout_engine, sampling_params
+from srppo.rollout.sampling import engine_name, prompt_ids, rollout_engine, sampling_params
 from srppo.runtime import distributed
 from srppo.runtime.checkpoint import Checkpointer
 from srppo.runtime.stage import Timer, log, progress, training_config
@@ -122,13 +122,15 @@ def _build(params, inputs: PPOInputs, tok, device, dtype, timer: Timer, dump_dir
     """The rollout engine, the four roles and the trainer; and a function giving the actor to save."""
     cfg, rcfg, seed = params.ppo, params.rollouts, params.runtime.seed
     # an engine with its own weights (vLLM) starts first: it sizes its KV cache from the free memory
-    engine = None if rcfg.engine == "hf" else rollout_engine(rcfg, None, tok, inputs.sft, seed, dtype)
+    which = dict(trains=True, shared_base=params.lora.enabled)
+    engine = (None if engine_name(rcfg, inputs.sft, **which) == "hf"
+              else rollout_engine(rcfg, None, tok, inputs.sft, seed, dtype, **which))
     ds = lambda lr: training_config(params.runtime, cfg.mini_batch_size, 1, cfg.max_grad_norm, dtype, lr)
     roles_name = "actor, critic, p_SFT, " + ("p_PT" if params.reward.source == "coherent" else "reward model")
     with timer.phase(f"load {roles_name}" + (" (LoRA views on one base)" if params.lora.enabled else "")):
         roles, actor_to_save = ppo_roles(params, inputs.base, inputs.sft, device, dtype,
                                          shard=lambda model: distributed.shard_frozen(model, ds(cfg.actor_lr)))
-    engine = engine or rollout_engine(rcfg, roles.actor, tok, inputs.sft, seed, dtype)
+    engine = engine or rollout_engine(rcfg, roles.actor, tok, inputs.sft, seed, dtype, **which)
     trainer = PPOTrainer(roles, engine, tok, cfg, sampling_params(rcfg),
                          RewardNormalizer.from_dict(read_json(inputs.reward_norm)), dump_dir=dump_dir,
                          ds_actor=ds(cfg.actor_lr), ds_critic=ds(cfg.critic_lr),
@@ -146,6 +148,10 @@ def warm_up(trainer: PPOTrainer, buffers, heldout, history: list[dict], save, em
     schedule = [(epoch, i) for epoch in range(trainer.cfg.critic_warmup_epochs) for i in range(len(buffers))]
     done = sum(h["phase"] == "warmup" for h in history)  # > 0 when resumed
     for step, (epoch, i) in enumerate(schedule[done:], start=done):
+        if warmup_stalled(history, trainer.cfg.critic_warmup_patience, len(buffers)):
+            log("ppo", f"warm-up stopped after {step} of {len(schedule)} passes: the held-out value loss has not "
+                f"improved for {trainer.cfg.critic_warmup_patience} passes (ppo.critic_warmup_patience)")
+            break
         row = trainer.warmup_critic(buffers[i], heldout)
         history.append({"step": step + 1, "phase": "warmup", "epoch": epoch + 1, "buffer": i, **row})
         emit(history[-1])
@@ -154,6 +160,15 @@ def warm_up(trainer: PPOTrainer, buffers, heldout, history: list[dict], save, em
         log("ppo", f"warm-up sweep {epoch + 1}, buffer {i + 1}: value_loss {row['value_loss_before']:.4f} before, "
             f"{row['value_loss']:.4f} training{held}")
         save()
+
+
+def warmup_stalled(history: list[dict], patience: int | None, first_sweep: int) -> bool:
+    """Whether the warm-up rows in `history` (a resumed run's included) have gone `patience` passes without a
+    new best held-out value loss, counted once the first sweep of `first_sweep` passes is done."""
+    losses = [h["heldout_value_loss"] for h in history if h["phase"] == "warmup" and "heldout_value_loss" in h]
+    if patience is None or not losses or len(losses) < first_sweep:
+        return False
+    return len(losses) - 1 - losses.index(min(losses)) >= patience
 
 
 def ppo_iterations(trainer: PPOTrainer, batches, cfg, history: list[dict], save, bar, emit,
