@@ -76,3 +76,47 @@ def test_stage_fails_before_work_on_a_bad_param(tmp_path):
     assert res.returncode == 2
     assert "ppo.kl_coef" in res.stderr and "greater than or equal to 0" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"sft": {"lr": float("inf")}}, "sft.lr"),
+    ({"sft": {"lr": float("nan")}}, "sft.lr"),
+    ({"sft": {"lr": 1e39}}, "sft.lr"),
+    ({"sft": {"lr": 100}}, "sft.lr"),
+    ({"sft": {"epochs": float("inf")}}, "sft.epochs"),
+    ({"sft": {"epochs": 1e12}}, "sft.epochs"),
+    ({"ppo": {"actor_lr": 10}}, "ppo.actor_lr"),
+    ({"ppo": {"kl_coef": float("nan")}}, "ppo.kl_coef"),
+    ({"ppo": {"value_clip": -1}}, "ppo.value_clip"),
+    ({"spin": {"beta": float("inf")}}, "spin.beta"),
+])
+def test_non_finite_and_unphysical_numbers_are_refused_by_key(raw, key):
+    # YAML's .inf/.nan and absurd magnitudes are caught before any work, naming the key
+    with pytest.raises(ConfigError) as err:
+        validate(raw, "params.yaml")
+    assert key in str(err.value) and "params.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("text, says", [
+    (None, "not found"),
+    ("ppo: [1, 2\n", "not valid YAML"),
+    ("- just\n- a list\n", "mapping"),
+])
+def test_a_bad_preset_file_is_named_not_a_traceback(tmp_path, text, says):
+    preset = tmp_path / "preset.yaml"
+    if text is not None:
+        preset.write_text(text)
+    res = subprocess.run([sys.executable, "-m", "srppo.config.presets", str(preset), str(tmp_path / "out.yaml")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert str(preset) in res.stderr and says in res.stderr
+    assert not (tmp_path / "out.yaml").exists()
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "[1, 2]\n"])
+def test_check_refuses_an_empty_or_list_shaped_params_file(tmp_path, text):
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    res = subprocess.run([sys.executable, "-m", "srppo.config.presets", "--check", str(params)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and "params OK" not in res.stdout and str(params) in res.stderr

@@ -52,15 +52,28 @@ def validate(raw: dict, source: str = "params") -> Params:
 
 def load_params(path: str | Path = "params.yaml", overrides: str = "") -> Params:
     """The params file, with `overrides` ("a.b=1 c.d=[x, y]", see `parse_overrides`) laid over it."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_mapping(Path(path), "params file")
     source = f"{path} with overrides {overrides!r}" if overrides.strip() else str(path)
     return validate(deep_merge(raw or {}, parse_overrides(overrides)), source)
+
+
+def read_mapping(path: Path, what: str, empty_ok: bool = False) -> dict:
+    """A YAML file that must hold a mapping of sections; every way it can fail names the file. An empty
+    params file is an error (a preset may be empty: it changes nothing)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None and empty_ok:
+        return {}
+    if raw is None:
+        raise ConfigError(f"{path}: the {what} is empty; write one with `python -m srppo.config.presets default {path}`")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a {what} must be a mapping of sections (runtime:, sft:, ...), got a "
+                          f"{type(raw).__name__}")
+    return raw
 
 
 def parse_overrides(text: str) -> dict:
@@ -107,7 +120,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 def apply_preset(preset_path: str | Path, base: dict | None = None) -> Params:
     """Preset = a partial params file laid over the defaults (or over `base`)."""
     preset_path = Path(preset_path)
-    raw = yaml.safe_load(preset_path.read_text()) or {}
+    raw = read_mapping(preset_path, "preset", empty_ok=True)
     merged = deep_merge(base if base is not None else Params().model_dump(), raw)
     return validate(merged, str(preset_path))
 

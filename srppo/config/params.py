@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 class Section(BaseModel):
     # Unknown keys are typos until proven otherwise: fail before any work.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # .inf / .nan are YAML numbers but never a setting: refused for every float, naming the key
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RuntimeConfig(Section):
@@ -120,8 +121,8 @@ class PrepareConfig(Section):
 class SFTConfig(Section):
     """Eq. (1): maximum likelihood on demonstrations, loss on response tokens only."""
 
-    epochs: float = Field(3.0, gt=0, description="Paper: 2 (Table 6). Fractional epochs allowed.")
-    lr: float = Field(2e-5, gt=0, description="Paper grid: {1e-5, 5e-6, 1e-6, 5e-7}.")
+    epochs: float = Field(3.0, gt=0, le=1000, description="Paper: 2 (Table 6). Fractional epochs allowed.")
+    lr: float = Field(2e-5, gt=0, le=1, description="Paper grid: {1e-5, 5e-6, 1e-6, 5e-7}.")
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (paper: 128 per step).")
     group_by_length: bool = Field(
@@ -163,7 +164,7 @@ class SPINConfig(Section):
     iterations: int = Field(1, ge=1, description="SPIN iterations (SPIN's paper reports iterations 0-3; each "
                             "resamples every demonstration prompt and retrains).")
     epochs: int = Field(1, ge=1, description="DPO passes over each iteration's pairs.")
-    lr: float = Field(2e-6, gt=0, description="SPIN's published rate is 5e-7 at 7B; a 135M model needs more.")
+    lr: float = Field(2e-6, gt=0, le=1, description="SPIN's published rate is 5e-7 at 7B; a 135M model needs more.")
     beta: float = Field(0.1, gt=0, description="DPO temperature (SPIN: 0.1).")
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
     max_new_tokens: int = Field(48, ge=1, description="Token budget of the model's own (rejected) samples.")
@@ -190,7 +191,7 @@ class RewardModelConfig(Section):
     include_demos: bool = Field(True, description="The demonstration itself is one of the ranked answers.")
     max_pairs_per_prompt: int = Field(4, ge=1, description="Preference pairs kept per prompt (better, worse).")
     epochs: int = Field(1, ge=1, description="Passes over the pairs.")
-    lr: float = Field(1e-5, gt=0)
+    lr: float = Field(1e-5, gt=0, le=1)
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
     max_new_tokens: int = Field(48, ge=1, description="Token budget of the sampled answers.")
     temperature: float = Field(1.0, gt=0)
@@ -321,17 +322,17 @@ class PPOConfig(Section):
         "default the held-out explained variance fell from +0.05 after 3 passes to -0.25 after 12). null: every "
         "pass of critic_warmup_epochs. Without a held-out buffer every pass runs.")
     value_head_lr: float | None = Field(
-        3e-4, gt=0, description="Learning rate of the critic's value head (zero-initialised on p_SFT's features); "
+        3e-4, gt=0, le=1, description="Learning rate of the critic's value head (zero-initialised on p_SFT's features); "
         "null = ppo.critic_lr. At the body's rate the head needs hundreds of steps to learn the returns' scale.")
     actor_lr: float = Field(
-        1e-5, gt=0, description="Paper: {5e-8, 2e-8, 1e-8} at 7B with 1024-sample buffers; a 135M model with "
+        1e-5, gt=0, le=1, description="Paper: {5e-8, 2e-8, 1e-8} at 7B with 1024-sample buffers; a 135M model with "
         "16-sample buffers and 10 iterations needs far larger steps to move at all.")
-    critic_lr: float = Field(9e-6, gt=0, description="Paper: 9e-6.")
+    critic_lr: float = Field(9e-6, gt=0, le=1, description="Paper: 9e-6.")
     kl_coef: float = Field(
         0.2, ge=0, description="KL penalty to p_SFT per nat of KL, in nats of the raw reward (the paper's beta: "
         "0.2 or 0.5), whatever calibrate.normalize does: reward and KL are scaled together.")
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip. Paper: 0.2.")
-    value_clip: float | None = Field(0.2, description="Clip value updates around the old values; null = off.")
+    value_clip: float | None = Field(0.2, gt=0, description="Clip value updates around the old values; null = off.")
     gamma: float = Field(1.0, ge=0, le=1, description="Paper: 1.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda. Paper: 0.95.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each buffer.")
