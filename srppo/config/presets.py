@@ -13,7 +13,7 @@ from srppo.config.files import ConfigError, apply_preset, dump_params, load_para
 from srppo.config.params import Params
 from srppo.io import write_text_atomic
 
-HEADER = "# Generated from {src} by `python -m srppo.config.presets`. Every key is documented in srppo/config/params.py.\n"
+HEADER = "# Generated from {src} by `python -m srppo.config.presets`. Every key is documented in srppo/config/ (params.py lists the sections).\n"
 
 
 def main(argv: list[str]) -> int:
