@@ -169,6 +169,43 @@ def test_paths_beside_an_output_are_derived_from_it():
         "comparison/data/m-s0/srppo/checkpoints/model"
 
 
+
+def test_a_ppo_run_ends_its_warm_up_where_the_held_out_fit_stalls(tmp_path, params, data, tiny_dir, tiny_sft_dir):
+    # a real run: 1 warm-up buffer swept 8 times at a value-head rate that memorises it, 1 buffer of other
+    # prompts held out; the warm-up ends at the first pass after which the held-out loss has not improved
+    # for `critic_warmup_patience` passes, and runs all 8 passes with the patience off
+    from srppo.methods.ppo.run import warmup_stalled
+
+    tok = load_tokenizer(tiny_sft_dir)
+    sft, pt = frozen(tiny_sft_dir, CPU, torch.float32), frozen(tiny_dir, CPU, torch.float32)
+    items = prepare(params.prepare)["ppo_prompts"]
+    (tmp_path / "rollouts").mkdir()
+    for b in range(2):
+        chunk = items[4 * b : 4 * b + 4]
+        gens = make_engine("hf", sft, tok, 4).generate(prompt_ids(tok, chunk), SamplingParams(max_new_tokens=8))
+        to_frame(score(gens, sft, pt, tok.pad_token_id, CPU), gens, chunk, tok, b).to_parquet(
+            buffer_path(tmp_path / "rollouts", b), index=False)
+    inputs = PPOInputs(tiny_dir, tiny_sft_dir, data / "ppo_prompts.jsonl", data / "reward_norm.json",
+                       tmp_path / "rollouts")
+
+    def warmup_passes(patience):
+        run = validate({**SMALL, "rollouts": {**SMALL["rollouts"], "n_buffers": 2},
+                        "ppo": {**SMALL["ppo"], "iterations": 1, "critic_warmup_epochs": 8, "value_head_lr": 0.05,
+                                "critic_warmup_patience": patience}})
+        device, dtype = setup_runtime(run.runtime)
+        result = run_ppo(run, inputs, device, dtype)
+        result.close()
+        return [h for h in result.history if h["phase"] == "warmup"]
+
+    every = warmup_passes(None)
+    assert len(every) == 8
+    stop = next((k for k in range(1, 9) if warmup_stalled(every[:k], 1, 1)), 8)
+    assert stop < 8, [round(h["heldout_value_loss"], 4) for h in every]  # this setting does stall
+    stopped = warmup_passes(1)
+    assert len(stopped) == stop
+    assert [h["heldout_value_loss"] for h in stopped] == [h["heldout_value_loss"] for h in every[:stop]]
+
+
 def test_critic_warmup_stops_once_the_held_out_loss_stops_improving():
     # the embedded default's held-out value loss over 12 warm-up passes (6 buffers, 2 sweeps): best at
     # pass 3, then rising; with patience 2 the warm-up ends after the first sweep (pass 6), not at 12

@@ -6,7 +6,6 @@ Shared by every stage that samples (calibrate, rollouts, ppo, eval and the basel
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -38,8 +37,6 @@ def engine_name(cfg: RolloutConfig, model_path=None, trains: bool = False, share
 
 @functools.cache
 def _vllm_unusable() -> str | None:
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed"
     from srppo.rollout.vllm_engine import vllm_available
 
     return vllm_available()

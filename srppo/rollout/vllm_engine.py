@@ -65,8 +65,11 @@ class VLLMEngine:
 
         from srppo.config.params import VLLMOptions
         options = options or VLLMOptions()
-        self.tok, self.batch_size, self.seed, self.calls = tok, batch_size, seed, 0
+        # `batch_size` is not used: vLLM batches a call's prompts itself (`prefill_chunks`)
+        self.tok, self.seed, self.calls = tok, seed, 0
         self.llm = LLM(**_engine_args(model_path, options, seed, dtype))
+        scheduler = getattr(self.llm.llm_engine.vllm_config, "scheduler_config", None)
+        self.prefill_budget = getattr(scheduler, "max_num_batched_tokens", None) or 2048
         self.last_sync_seconds = 0.0
 
     # a row's sample depends only on (seed, call, row): ranks can each sample a share of a buffer
@@ -84,9 +87,7 @@ class VLLMEngine:
                       skip_special_tokens=False, detokenize=False)
         sample = dict(temperature=0.0) if params.greedy else dict(temperature=params.temperature, top_p=params.top_p)
         out: list[Generation] = []
-        budget = getattr(getattr(getattr(self.llm.llm_engine, "vllm_config", None), "scheduler_config", None),
-                         "max_num_batched_tokens", None) or 2048
-        for start, chunk in prefill_chunks(prompts, budget):
+        for start, chunk in prefill_chunks(prompts, self.prefill_budget):
             requests = [TokensPrompt(prompt_token_ids=list(p)) for p in chunk]
             ids = rows[start : start + len(chunk)] if rows is not None else range(start, start + len(chunk))
             sampling = [VSampling(**common, **sample, seed=base + row) for row in ids]
