@@ -9,7 +9,7 @@ import sys
 from srppo.evaluation import plots
 from srppo.io import write_json
 from srppo.models.loading import setup_runtime
-from srppo.rollout.sampling import engine_name
+from srppo.rollout.sampling import engines_used
 from srppo.runtime.stage import Timer, load, write_results
 from srppo.scoring.calibrate import calibrate_reward
 
@@ -30,7 +30,7 @@ def main(base_dir, sft_dir, calib_path, prompts_path, norm_path, metrics_path, r
     write_json(norm_path, cal.normalizer.to_dict())
     plots.reward_histogram({LABELS[k]: r.tolist() for k, r in cal.rewards.items()}, plot_path,
                            f"{params.reward.source.capitalize()} reward before PPO")
-    report = {**cal.report, "engine": engine_name(params.rollouts, sft_dir)}
+    report = {**cal.report, "engine": engines_used()}
     write_results(metrics_path, report_path, summary(cal.report), report, timer)
 
 

@@ -8,7 +8,7 @@ import sys
 
 from srppo.evaluation.diagnose import diagnose_reward
 from srppo.models.loading import setup_runtime
-from srppo.rollout.sampling import engine_name
+from srppo.rollout.sampling import engines_used
 from srppo.runtime.stage import Timer, load, write_results
 
 METRICS = ("auc_mean", "families_toward", "out_domain_families_gaining_10")  # the rest: the report
@@ -23,7 +23,7 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path, report_path) ->
     write_results(metrics_path, report_path, {k: result.headline[k] for k in METRICS},
                   {**result.headline, "families": result.families, "ks": cfg.ks, "margin": cfg.margin,
                    "samples": len(result.samples), "reward_source": params.reward.source,
-                   "engine": engine_name(params.rollouts, sft_dir)}, timer)
+                   "engine": engines_used()}, timer)
 
 
 if __name__ == "__main__":

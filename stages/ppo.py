@@ -20,7 +20,7 @@ from srppo.io import atomic_dir
 from srppo.methods.ppo.run import PPOInputs, run_ppo
 from srppo.models.loading import save_pretrained, setup_runtime
 from srppo.models.lora import adapter_summary
-from srppo.rollout.sampling import engine_name
+from srppo.rollout.sampling import engines_used
 from srppo.runtime import distributed
 from srppo.runtime.checkpoint import stage_checkpointer
 from srppo.runtime.stage import (
@@ -78,7 +78,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     ckpt = stage_checkpointer(out_dir, params, SECTIONS, [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir,
                                                           *([] if coherent else [params.reward.model_path])],
                               checkpoint_interval(params.runtime, params.ppo.checkpoint_every, "ppo"),
-                              lambda msg: log("ppo", msg))
+                              lambda msg: log("ppo", msg), params.ppo.checkpoint_min_seconds)
     with live_curves(live_dir, distributed.is_main()) as log_step:
         # warm-up rows under `warmup/`, so that their curves stay apart from the PPO iterations'
         run = run_ppo(params, inputs, device, dtype, ckpt=ckpt, timer=timer, dump_dir=beside_output(out_dir, "debug"),
@@ -105,8 +105,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         "response_length_first": first["response_length"],
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
-        "processes": distributed.world_size(), **engine_report(
-            engine_name(params.rollouts, sft_dir, trains=True, shared_base=params.lora.enabled), ppo_rows),
+        "processes": distributed.world_size(), **engine_report(engines_used(), ppo_rows),
         **warmup_report(warmup_rows),
         "lora": adapter_summary(sft_dir) if params.lora.enabled else None}
     write_results(metrics_path, report_path, summary(report), report, timer)

@@ -7,7 +7,7 @@ usage: python stages/rollouts.py BASE_DIR SFT_DIR PROMPTS_JSONL OUT_DIR METRICS_
 import sys
 
 from srppo.models.loading import setup_runtime
-from srppo.rollout.sampling import engine_name
+from srppo.rollout.sampling import engines_used
 from srppo.runtime.stage import Timer, load, write_results
 from srppo.scoring.rollouts import make_rollouts
 
@@ -19,7 +19,7 @@ def main(base_dir, sft_dir, prompts_path, out_dir, metrics_path, report_path) ->
     buffers = make_rollouts(params, base_dir, sft_dir, prompts_path, out_dir, device, dtype, timer=timer)
     mean = lambda key: sum(b[key] for b in buffers) / len(buffers)  # buffers are of equal size
     write_results(metrics_path, report_path, {k: mean(k) for k in ("reward_mean", "length_mean", "eos_rate")},
-                  {"buffers": buffers, "engine": engine_name(params.rollouts, sft_dir)}, timer)
+                  {"buffers": buffers, "engine": engines_used()}, timer)
 
 
 if __name__ == "__main__":

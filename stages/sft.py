@@ -28,7 +28,7 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, report
     timer = Timer("sft")
     ckpt = stage_checkpointer(out_dir, params, ["runtime", "sft", "lora"], [base_dir, demos_path],
                               checkpoint_interval(params.runtime, params.sft.checkpoint_every, "sft"),
-                              lambda msg: log("sft", msg))
+                              lambda msg: log("sft", msg), params.sft.checkpoint_min_seconds)
     with live_curves(live_dir, distributed.is_main()) as log_step:
         run = run_sft(params, base_dir, demos_path, device, dtype, ckpt=ckpt, timer=timer,
                       on_step=lambda row: log_step(row["step"], row))

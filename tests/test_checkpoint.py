@@ -40,10 +40,35 @@ def test_fingerprint_follows_params_and_input_bytes_not_checkpoint_every(tmp_pat
     fp = lambda p: stage_checkpointer(tmp_path / "sft", p, ["runtime", "sft"], [f], 1, print).fp
     base = fp(Params())
     assert fp(Params(sft={"checkpoint_every": 3})) == base
+    assert fp(Params(sft={"checkpoint_min_seconds": 0})) == base
     assert fp(Params(sft={"lr": 1e-3})) != base
     f.write_text("b")
     assert fp(Params()) != base
     assert fingerprint({}, [tmp_path]) != fingerprint({}, [])  # directories hash their files
+
+
+def test_a_due_checkpoint_waits_for_min_seconds_after_the_last_save(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("srppo.runtime.checkpoint.time.monotonic", lambda: clock[0])
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt = Checkpointer(tmp_path, "fp", every=2, log=lambda m: None, min_seconds=60)
+    saved = lambda: (tmp_path / "latest" / "meta.json").exists() and Checkpointer(
+        tmp_path, "fp", every=2, log=lambda m: None).restore({"m": model}, {"o": opt})["step"]
+    clock[0] = 130.0  # 30 s after the start: step 2 is due on the grid, but too soon
+    ckpt.maybe_save(2, {"m": model}, {"o": opt}, lambda: {"step": 2})
+    assert not (tmp_path / "latest").exists()
+    clock[0] = 161.0
+    ckpt.maybe_save(3, {"m": model}, {"o": opt}, lambda: {"step": 3})  # off the grid: never
+    assert not (tmp_path / "latest").exists()
+    ckpt.maybe_save(4, {"m": model}, {"o": opt}, lambda: {"step": 4})
+    assert saved() == 4
+    clock[0] = 200.0  # 39 s after that save
+    ckpt.maybe_save(6, {"m": model}, {"o": opt}, lambda: {"step": 6})
+    assert saved() == 4
+    clock[0] = 221.0
+    ckpt.maybe_save(8, {"m": model}, {"o": opt}, lambda: {"step": 8})
+    assert saved() == 8
 
 
 class Kill(Exception):

@@ -29,9 +29,10 @@ pytestmark = pytest.mark.slow  # real stages through DVC: about a minute
 SMALL = {
     "runtime": {"threads": 1, "device": "cpu"},
     "prepare": {"n_demos": 16, "n_ppo_prompts": 8, "n_calibration": 2, "n_eval_per_family": 1},
-    "sft": {"epochs": 10, "batch_size": 2, "checkpoint_every": 20},
+    "sft": {"epochs": 10, "batch_size": 2, "checkpoint_every": 20, "checkpoint_min_seconds": 0},
     "rollouts": {"max_new_tokens": 8, "batch_size": 4, "buffer_size": 4, "n_buffers": 1},
-    "ppo": {"iterations": 8, "critic_warmup_buffers": 1, "mini_batch_size": 2, "checkpoint_every": 3},
+    "ppo": {"iterations": 8, "critic_warmup_buffers": 1, "mini_batch_size": 2, "checkpoint_every": 3,
+            "checkpoint_min_seconds": 0},
 }
 
 

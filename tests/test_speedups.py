@@ -256,6 +256,7 @@ def test_auto_engine_keeps_the_transformers_engine_where_vllm_cannot_help(tiny_s
     assert engine_name(auto, tiny_sft_dir) == "hf"
     assert engine_name(auto, tiny_sft_dir, trains=True) == "hf"
     assert engine_name(auto, tiny_sft_dir, shared_base=True) == "hf"
+    assert engine_name(auto, tiny_sft_dir, tokens=100) == "hf"  # too small a job for vLLM's start
     assert engine_name(RolloutConfig(engine="vllm"), tiny_sft_dir) == "vllm"
     assert engine_name(RolloutConfig(engine="hf"), tiny_sft_dir) == "hf"
 

@@ -125,16 +125,20 @@ def test_auto_engine_samples_with_vllm_where_it_can_run_the_model(vllm_sft):
     # the default `rollouts.engine: auto` with vLLM installed: the sampling stages' engine is vLLM, in the
     # autocast dtype when there is one; PPO's live actor on a CPU stays on the transformers engine
     from srppo.config.params import RolloutConfig
-    from srppo.rollout.sampling import engine_name, rollout_engine
+    from srppo.rollout.sampling import VLLM_MIN_TOKENS, engine_name, engines_used, rollout_engine
     from srppo.rollout.vllm_engine import VLLMEngine
     from srppo.runtime.precision import set_autocast_dtype
 
     cfg = RolloutConfig()
     assert engine_name(cfg, vllm_sft) == "vllm" and engine_name(cfg, vllm_sft, trains=True) == "hf"
+    # a job too small to pay for vLLM's start stays on the transformers engine
+    assert engine_name(cfg, vllm_sft, tokens=VLLM_MIN_TOKENS - 1) == "hf"
+    assert engine_name(cfg, vllm_sft, tokens=VLLM_MIN_TOKENS) == "vllm"
     set_autocast_dtype(torch.bfloat16)
-    engine = rollout_engine(cfg, None, load_tokenizer(vllm_sft), vllm_sft, seed=0, dtype=torch.float32)
+    engine = rollout_engine(cfg, None, load_tokenizer(vllm_sft), vllm_sft, seed=0, dtype=torch.float32,
+                            tokens=VLLM_MIN_TOKENS)
     try:
-        assert isinstance(engine, VLLMEngine)
+        assert isinstance(engine, VLLMEngine) and "vllm" in engines_used()
         assert engine.llm.llm_engine.model_config.dtype == torch.bfloat16
         gens = engine.generate([encode_prompt(engine.tok, MSG)] * 3, SamplingParams(max_new_tokens=4))
         assert len(gens) == 3 and all(g.response_ids for g in gens)

@@ -201,7 +201,8 @@ def diagnose_reward(params, base_dir: str | Path, sft_dir: str | Path, prompts_p
     sft, pt = frozen(sft_dir, device, dtype), None if rm else frozen(base_dir, device, dtype)
     # each prompt's samples adjacent: the hf engine prefills a repeated prompt once, score() runs it once
     with timer.phase("sample p_SFT"), progress(len(items) * n, "diagnose samples") as bar:
-        engine = rollout_engine(rcfg, sft, tok, sft_dir, params.runtime.seed, dtype)
+        engine = rollout_engine(rcfg, sft, tok, sft_dir, params.runtime.seed, dtype,
+                                tokens=len(ids) * n * sampling.max_new_tokens)
         gens = engine.generate([p for p in ids for _ in range(n)], sampling, progress=bar)
         engine.close()
     with timer.phase("score"):

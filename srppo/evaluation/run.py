@@ -87,7 +87,9 @@ def _answer(params, name: str, path: str, items: list[dict], judged: list[dict],
     with progress(len(items), f"eval {name}") as bar:
         tok = load_tokenizer(path)
         model = frozen(path, device, dtype)
-        engine = rollout_engine(params.rollouts, model, tok, path, params.runtime.seed, dtype, cfg.batch_size)
+        tokens = len(items) * cfg.max_new_tokens + (len(judged) * cfg.judge.max_new_tokens if judged else 0)
+        engine = rollout_engine(params.rollouts, model, tok, path, params.runtime.seed, dtype, cfg.batch_size,
+                                tokens=tokens)
         rows = score_items(items, generate_responses(engine, tok, items, cfg.max_new_tokens, progress=bar))
         if judged:
             win = _judged_win_rate(cfg.judge, engine, tok, judged, params.runtime.seed)

@@ -134,8 +134,9 @@ def sample_answers(params, tok, sft_dir, prompts: list[list[int]], device, dtype
     """`samples_per_prompt` p_SFT answers per prompt (adjacent rows), grouped back per prompt."""
     cfg = params.reward_model
     policy = frozen(sft_dir, device, dtype)
-    engine = rollout_engine(params.rollouts, policy, tok, sft_dir, params.runtime.seed, dtype)
     k = cfg.samples_per_prompt
+    engine = rollout_engine(params.rollouts, policy, tok, sft_dir, params.runtime.seed, dtype,
+                            tokens=len(prompts) * k * cfg.max_new_tokens)
     gens = engine.generate([p for p in prompts for _ in range(k)],
                            SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature), progress=bar)
     engine.close()

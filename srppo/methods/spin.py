@@ -112,7 +112,8 @@ def run_spin(params, sft_dir: str | Path, demos_path: str | Path, device, dtype,
                            lambda msg: log("spin", msg))
     model = load_causal_lm(sft_dir, device, dtype, trainable=True)
     opponent = frozen(sft_dir, device, dtype)  # iteration 0 plays against p_SFT itself
-    engine = rollout_engine(params.rollouts, model, tok, sft_dir, seed, dtype)
+    engine = rollout_engine(params.rollouts, model, tok, sft_dir, seed, dtype,
+                            tokens=cfg.iterations * len(encoded) * cfg.max_new_tokens)
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     history: list[dict] = []
     for it in range(cfg.iterations):

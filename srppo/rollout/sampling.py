@@ -19,20 +19,38 @@ from srppo.rollout.engine import Generation, SamplingParams, make_engine
 from srppo.runtime.precision import autocast_dtype
 
 
-def engine_name(cfg: RolloutConfig, model_path=None, trains: bool = False, shared_base: bool = False) -> str:
+# vLLM's fixed cost before its first token on a CPU: about 9 s to import it and 4 s to start an engine (2-core
+# EPYC). The transformers engine samples about 90 tokens/s batched in bf16 there, vLLM about 380: vLLM pays
+# off from roughly 1,500 sampled tokens, i.e. 3,000-4,000 tokens of budget (rows x max_new_tokens) at the
+# testbed's response lengths.
+VLLM_MIN_TOKENS = 4096
+
+_used: set[str] = set()  # the engines rollout_engine built in this process
+
+
+def engine_name(cfg: RolloutConfig, model_path=None, trains: bool = False, shared_base: bool = False,
+                tokens: int | None = None) -> str:
     """The engine `rollouts.engine` resolves to for the model at `model_path`. 'auto' picks vLLM where it
     imports and can run that model (off a GPU, vLLM's CPU attention has kernels for some head sizes only),
     and the transformers engine otherwise; a policy in training (`trains`: PPO's actor) keeps the transformers
     engine off a GPU, and always when its roles share one base model (`shared_base`: LoRA), which only that
-    engine can sample from."""
+    engine can sample from. `tokens`: the most tokens the engine will sample (rows x max_new_tokens); under
+    VLLM_MIN_TOKENS, vLLM's start costs more than it saves and the transformers engine samples."""
     if cfg.engine != "auto":
         return cfg.engine
     if shared_base or (trains and not torch.cuda.is_available()):
+        return "hf"
+    if tokens is not None and tokens < VLLM_MIN_TOKENS:  # decided before vLLM is imported: that alone takes 9 s
         return "hf"
     reason = _vllm_unusable() or (_vllm_cannot_run(str(model_path)) if model_path is not None else None)
     if reason:
         _say_once(f"rollouts.engine=auto: the transformers engine samples ({reason})")
     return "hf" if reason else "vllm"
+
+
+def engines_used() -> str:
+    """The engines this process sampled with ('hf', 'vllm' or 'hf+vllm'; '' if none): for stage reports."""
+    return "+".join(sorted(_used))
 
 
 @functools.cache
@@ -65,13 +83,14 @@ def _say_once(message: str) -> None:
 
 
 def rollout_engine(cfg: RolloutConfig, model, tok, model_path, seed: int, dtype, batch_size: int | None = None,
-                   trains: bool = False, shared_base: bool = False):
+                   trains: bool = False, shared_base: bool = False, tokens: int | None = None):
     """The configured engine (`engine_name`) sampling from `model`; vLLM starts from `model_path`, the same
     weights, in the autocast dtype when there is one (bf16 under `runtime.precision: auto`), as the
     transformers engine computes."""
-    name = engine_name(cfg, model_path, trains, shared_base)
+    name = engine_name(cfg, model_path, trains, shared_base, tokens)
     if name == "vllm":
         dtype = autocast_dtype() or dtype
+    _used.add(name)
     return make_engine(name, model, tok, batch_size or cfg.batch_size, model_path=str(model_path),
                        options=cfg.vllm, seed=seed, dtype=dtype)
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from srppo.io import atomic_dir, read_json, write_json
+from srppo.runtime import distributed
 from srppo.runtime.stage import beside_output
 
 FULL_HASH_LIMIT = 64 << 20  # files above this are fingerprinted by size + first/last MiB: stays cheap at 7B
@@ -72,12 +74,19 @@ def _as_tuples(x):
 class Checkpointer:
     """Save every `every` steps into `directory/latest`, restore on start, delete on success.
 
-    `every = 0` turns checkpointing off (restore then finds nothing either).
+    `every = 0` turns checkpointing off (restore then finds nothing either). `min_seconds`: a due step is
+    skipped when the last save (or the checkpointer's creation) is more recent than that. A save writes the
+    weights and optimizer states (3 GB for PPO's actor and critic on the 135M model, 2-9 s on a laptop
+    disk), so runs whose steps take seconds would otherwise spend a good part of their time saving; runs
+    whose steps take minutes save at every due step.
     """
 
-    def __init__(self, directory: str | Path, fp: str, every: int, log: Callable[[str], None] = print):
+    def __init__(self, directory: str | Path, fp: str, every: int, log: Callable[[str], None] = print,
+                 min_seconds: float = 0.0):
         self.dir, self.fp, self.every, self.log = Path(directory), fp, every, log
+        self.min_seconds = min_seconds
         self.latest = self.dir / "latest"
+        self.last_save = time.monotonic()
 
     def restore(self, modules: dict[str, torch.nn.Module], optimizers: dict) -> dict | None:
         """Load weights, optimizer and RNG states in place; return the loop state, or None to start fresh."""
@@ -103,7 +112,14 @@ class Checkpointer:
         return state["loop"]
 
     def due(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0
+        """Whether to save after `step`: on the step grid, and `min_seconds` after the last save. Every rank
+        takes rank 0's clock, so all agree (the step grid alone is the same on every rank)."""
+        if not self.every or step % self.every:
+            return False
+        if not self.min_seconds:
+            return True
+        waited = time.monotonic() - self.last_save
+        return distributed.all_sum(waited if distributed.is_main() else 0.0) >= self.min_seconds
 
     def maybe_save(self, step: int, modules: dict, optimizers: dict, loop: Callable[[], dict]) -> None:
         if self.due(step):
@@ -117,6 +133,7 @@ class Checkpointer:
             torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                         "rng": rng_state(), "loop": loop}, tmp / "state.pt")
             write_json(tmp / "meta.json", {"fingerprint": self.fp, "step": step})
+        self.last_save = time.monotonic()
         self.log(f"checkpoint at step {step} -> {self.latest}")
 
     def clear(self) -> None:
@@ -125,11 +142,12 @@ class Checkpointer:
 
 
 def stage_checkpointer(out_dir: str | Path, params, sections: list[str], inputs: list, every: int,
-                       log: Callable[[str], None]) -> Checkpointer:
+                       log: Callable[[str], None], min_seconds: float = 0.0) -> Checkpointer:
     """A checkpointer in `data/checkpoints/<stage>` for the output `data/<stage>`: derived from the declared
     output (srppo.runtime.stage.beside_output), next to it but not part of it.
 
-    `checkpoint_every` is left out of the fingerprint: it changes when checkpoints are made, not what.
+    `checkpoint_every` and `checkpoint_min_seconds` are left out of the fingerprint: they change when
+    checkpoints are made, not what.
     """
     dump = params.model_dump(mode="json")
     chosen = {}
@@ -137,5 +155,5 @@ def stage_checkpointer(out_dir: str | Path, params, sections: list[str], inputs:
         section, _, key = s.partition(".")
         chosen[s] = dump[section][key] if key else dump[section]
         if isinstance(chosen[s], dict):
-            chosen[s] = {k: v for k, v in chosen[s].items() if k != "checkpoint_every"}
-    return Checkpointer(beside_output(out_dir, "checkpoints"), fingerprint(chosen, inputs), every, log)
+            chosen[s] = {k: v for k, v in chosen[s].items() if not k.startswith("checkpoint_")}
+    return Checkpointer(beside_output(out_dir, "checkpoints"), fingerprint(chosen, inputs), every, log, min_seconds)

@@ -59,7 +59,8 @@ def calibrate_reward(params, base_dir: str | Path, sft_dir: str | Path, calibrat
 
     def sample(model, path, recs, bar):
         """The samples, and whether the log-probs the engine recorded are `model`'s own."""
-        engine = rollout_engine(rcfg, model, tok, path, params.runtime.seed, dtype)
+        engine = rollout_engine(rcfg, model, tok, path, params.runtime.seed, dtype,
+                                tokens=len(recs) * sampling.max_new_tokens)
         gens = engine.generate(prompt_ids(tok, recs), sampling, progress=bar)
         engine.close()
         return gens, recorded_logprobs_are_the_models(engine, sampling)

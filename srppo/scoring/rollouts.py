@@ -47,10 +47,10 @@ def make_rollouts(params, base_dir: str | Path, sft_dir: str | Path, prompts_pat
     tok = load_tokenizer(sft_dir)
     rm = reward_model_or_none(params.reward, device, dtype)
     sft, pt = frozen(sft_dir, device, dtype), None if rm else frozen(base_dir, device, dtype)
-    engine = rollout_engine(cfg, sft, tok, sft_dir, params.runtime.seed, dtype)
     records = read_jsonl(prompts_path)
     prompt_ids(tok, records, prompts_path, cfg.max_new_tokens, context_length(sft_dir))  # fail before sampling
     need = cfg.n_buffers * cfg.buffer_size
+    engine = rollout_engine(cfg, sft, tok, sft_dir, params.runtime.seed, dtype, tokens=need * cfg.max_new_tokens)
     warmup, _ = warmup_prompt_split(len(records), params.runtime.seed, need, cfg.buffer_size // params.ppo.group_size)
     if len(warmup) < need:
         log("rollouts", f"warning: {prompts_path}: {len(records)} prompts leave the warm-up {len(warmup)} of its own "

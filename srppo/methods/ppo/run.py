@@ -122,7 +122,8 @@ def _build(params, inputs: PPOInputs, tok, device, dtype, timer: Timer, dump_dir
     """The rollout engine, the four roles and the trainer; and a function giving the actor to save."""
     cfg, rcfg, seed = params.ppo, params.rollouts, params.runtime.seed
     # an engine with its own weights (vLLM) starts first: it sizes its KV cache from the free memory
-    which = dict(trains=True, shared_base=params.lora.enabled)
+    which = dict(trains=True, shared_base=params.lora.enabled,
+                 tokens=cfg.iterations * rcfg.buffer_size * rcfg.max_new_tokens)
     engine = (None if engine_name(rcfg, inputs.sft, **which) == "hf"
               else rollout_engine(rcfg, None, tok, inputs.sft, seed, dtype, **which))
     ds = lambda lr: training_config(params.runtime, cfg.mini_batch_size, 1, cfg.max_grad_norm, dtype, lr)
