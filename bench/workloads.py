@@ -86,11 +86,15 @@ def run_matmul(quick: bool) -> dict:
 
 # -- (a) SFT training throughput ------------------------------------------------------------------
 def use_precision(precision: str) -> str | None:
-    """Set this process's mixed precision as `setup_runtime` would for `runtime.precision`; its dtype name."""
+    """Set this process's mixed precision as `setup_runtime` would for `runtime.precision`, and the attention
+    kernel of the models loaded from now on (`fp32`: the path before both, fused SDPA; `auto`: the default's
+    `runtime.attention: auto`); the autocast dtype's name."""
+    from srppo.models.loading import resolve_attention, set_attention
     from srppo.runtime.precision import resolve_precision, set_autocast_dtype
 
     dtype = resolve_precision(precision, torch.device("cpu"), torch.float32)
     set_autocast_dtype(dtype)
+    set_attention(resolve_attention("sdpa" if precision == "fp32" else "auto", torch.device("cpu")))
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
@@ -106,8 +110,8 @@ def run_sft(quick: bool, precision: str = "auto") -> dict:
     cfg = SFTConfig(epochs=1.0, checkpoint_every=0)
     tok = load_tokenizer(BASE_DIR)
     encoded = encode_demos(tok, read_jsonl(DEMOS)[:n_demos], cfg.max_len)
-    model = load_causal_lm(BASE_DIR, torch.device("cpu"), torch.float32, trainable=True)
     autocast = use_precision(precision)
+    model = load_causal_lm(BASE_DIR, torch.device("cpu"), torch.float32, trainable=True)
     stamps = [time.perf_counter()]
     history = train_sft(model, tok, encoded, cfg, seed=0, on_step=lambda row: stamps.append(time.perf_counter()))
     tokens = [h["tokens"] for h in history]  # cumulative attention-mask tokens (prompt + response)
@@ -194,6 +198,7 @@ def run_rollout(quick: bool) -> dict:
 
     n, batch, rounds, max_new = (8, 8, 1, 8) if quick else (32, 16, 2, 48)
     tok = load_tokenizer(SFT_DIR)
+    use_precision("fp32")  # the baselines' model: fp32, fused SDPA (the path before)
     model = load_causal_lm(SFT_DIR, torch.device("cpu"), torch.float32)
     prompts = [encode_prompt(tok, r["messages"]) for r in prompt_records()[0][:n]]
     params = SamplingParams(max_new_tokens=max_new)
@@ -287,7 +292,7 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default", precision: st
 
     shape = ppo_setup(quick, estimator)
     params = Params.model_validate(deep_merge({
-        "runtime": {"device": "cpu", "precision": precision},
+        "runtime": {"device": "cpu", "precision": precision, "attention": "sdpa" if precision == "fp32" else "auto"},
         "ppo": {"estimator": estimator, "group_size": shape["group_size"], "mini_batch_size": shape["mini_batch_size"],
                 "iterations": shape["iterations"], "critic_warmup_buffers": 0, "checkpoint_every": 0,
                 "length_guard": 1e9},  # every iteration is measured, whatever the lengths do

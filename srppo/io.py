@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,8 +25,11 @@ def _read_umask() -> int:
     return mask
 
 
-# mkstemp creates 0600 files; outputs get the mode `open(path, "w")` would have given them.
-FILE_MODE = 0o666 & ~_read_umask()
+# mkstemp creates 0600 files and mkdtemp 0700 directories; outputs get the mode `open(path, "w")` and
+# `mkdir` would have given them (group-readable under the usual umask: a shared cache's other users read them).
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 def _write_failed(path: Path, err: OSError) -> OSError:
@@ -35,9 +39,24 @@ def _write_failed(path: Path, err: OSError) -> OSError:
     reason (not the message of the inner temporary file's error).
     """
     reason = getattr(err, "reason", None) or err.strerror or str(err)
-    out = OSError(err.errno, f"writing {path} failed: {reason}; the previous {path.name} (if any) is untouched")
+    out = OSError(err.errno, f"writing {path} failed: {reason}; nothing was written to {path}: it is as this run "
+                             f"found it (absent if it was absent)")
     out.reason = reason
     return out
+
+
+def as_os_error(err: BaseException) -> OSError | None:
+    """`err` as an OSError when it is an I/O failure in another library's clothes: safetensors' writer reports a
+    full disk as `SafetensorError: Error while serializing: I/O error: No space left on device (os error 28)`
+    (older releases: `IoError(Os { code: 28, ... })`), naming no file. None for anything else."""
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    found = re.search(r"\(os error (\d+)\)|IoError\(Os \{ code: (\d+)", text)
+    if not found:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code))
 
 
 @contextmanager
@@ -87,11 +106,15 @@ def atomic_dir(path: str | Path):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
-    except OSError as err:  # disk full, quota, permissions: say which output could not be written
+    except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_failed(path, err) from err
+        io_error = as_os_error(err)  # disk full, quota, permissions: say which output could not be written
+        if io_error is None:
+            raise
+        raise _write_failed(path, io_error) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

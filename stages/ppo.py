@@ -106,7 +106,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         "response_length_last": last["response_length"], "eos_rate_last": last["eos_rate"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
         "processes": distributed.world_size(), **engine_report(engines_used(), ppo_rows),
-        **warmup_report(warmup_rows),
+        **warmup_report(warmup_rows), "final_check": run.final_check,
         "lora": adapter_summary(sft_dir) if params.lora.enabled else None}
     write_results(metrics_path, report_path, summary(report), report, timer)
     ckpt.clear()

@@ -53,8 +53,11 @@ def reproduced_smoke(tmp_path_factory, tiny_dir):
 def fp32_unless_a_test_sets_up_a_runtime():
     """Mixed precision is a process setting (`setup_runtime` sets it per stage); a test that calls
     setup_runtime must not leave bf16 autocast on for the next test's exact comparisons."""
+    from srppo.models.loading import set_attention
     from srppo.runtime.precision import set_autocast_dtype
 
     set_autocast_dtype(None)
+    set_attention(None)  # `runtime.attention` too: transformers' default kernel unless a test sets up a runtime
     yield
     set_autocast_dtype(None)
+    set_attention(None)

@@ -149,8 +149,8 @@ def test_disk_full_while_writing_a_file_names_the_target(tmp_path, monkeypatch, 
     with pytest.raises(OSError) as err:
         FILE_WRITERS[writer](target)
     assert err.value.errno == errno.ENOSPC
-    assert str(err.value) == (f"[Errno 28] writing {target} failed: No space left on device; "
-                              "the previous metrics.json (if any) is untouched")
+    assert str(err.value) == (f"[Errno 28] writing {target} failed: No space left on device; nothing was "
+                              f"written to {target}: it is as this run found it (absent if it was absent)")
     assert target.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # the temp file is gone
 
@@ -168,7 +168,8 @@ def test_disk_full_in_a_file_of_an_output_dir_names_the_dir_once(tmp_path, monke
         with atomic_dir(tmp_path / "latest") as tmp:
             write_json(tmp / "meta.json", {"step": 3})
     assert str(err.value) == (f"[Errno 28] writing {tmp_path / 'latest'} failed: No space left on device; "
-                              "the previous latest (if any) is untouched")
+                              f"nothing was written to {tmp_path / 'latest'}: it is as this run found it (absent "
+                              "if it was absent)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -189,10 +190,45 @@ except OSError as err:
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith(f"{errno.EFBIG} "), out
-    assert f"writing {target} failed: File too large; the previous demos.jsonl (if any) is untouched" in out
+    assert f"writing {target} failed: File too large; nothing was written to {target}" in out
     assert ".tmp" not in out
     assert target.read_text() == '{"id": "previous"}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["demos.jsonl"]
+
+
+def test_a_full_disk_under_safetensors_names_the_output_dir(tmp_path, tiny_dir):
+    # safetensors' writer reports a failed write as SafetensorError("... IoError(Os { code: 27 ...") naming no
+    # file; the output directory it was saving into is named instead. A child process takes the file size
+    # limit, which the kernel enforces mid-file exactly as it does a full disk.
+    out = tmp_path / "sft"
+    code = f"""
+import resource, signal
+import torch
+from safetensors.torch import save_model
+from srppo.io import atomic_dir
+from srppo.models.loading import load_causal_lm
+model = load_causal_lm({str(tiny_dir)!r}, torch.device("cpu"), torch.float32)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 12, 1 << 12))
+try:
+    with atomic_dir({str(out)!r}) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))  # as the checkpoints and save_pretrained write
+except OSError as err:
+    print(err.errno, err)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.startswith(f"{errno.EFBIG} [Errno {errno.EFBIG}] writing {out} failed: File too large; "
+                                 "nothing was written"), (
+        res.stdout + res.stderr[-2000:])
+    assert list(tmp_path.iterdir()) == []  # no temp directory left behind
+
+
+def test_output_dirs_are_readable_by_the_group(tmp_path):
+    # mkdtemp makes 0700 directories: a shared cache's other users could not read an output made from one
+    with atomic_dir(tmp_path / "sft") as tmp:
+        (tmp / "done").write_text("1")
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "sft").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
 def test_atomic_dir_sweeps_temp_dirs_of_killed_writers(tmp_path):

@@ -130,8 +130,35 @@ def test_records_format_full_flat_and_parquet(tmp_path):
                   "family": "records", "checks": []}
     assert p1["messages"] == [msg("user", "Just a prompt")] and "response" not in p1
     pq = tmp_path / "demos.parquet"
-    pd.DataFrame([rows[0], {**rows[0], "id": "d2"}]).to_parquet(pq)
+    pd.DataFrame([rows[0], {**rows[0], "id": "d2", "response": "B"}]).to_parquet(pq)
     assert [r["id"] for r in load_records(str(pq), "records")] == ["d1", "d2"]
+
+
+def test_identical_rows_are_dropped_by_content_whatever_their_ids(tmp_path, capsys):
+    # two copies of one example without ids get different generated ids: by id they are two rows, and the
+    # calibration split could hold one while the SFT demonstrations hold the other
+    row = {"prompt": "Name a color.", "response": "Blue."}
+    f = jsonl(tmp_path / "d.jsonl", [row, {"prompt": "Say hi.", "response": "Hi."}, row, {**row, "id": "x9"}])
+    recs = load_records(str(f), "records")
+    assert [r["response"] for r in recs] == ["Blue.", "Hi."]
+    err = capsys.readouterr().err
+    assert f"{f}: dropped 2 row(s) whose messages and response repeat an earlier row's ({f} row 3 repeats row 1; " \
+           f"{f} row 4 repeats row 1)" in err
+
+
+def test_a_records_file_row_without_a_response_is_named_by_its_own_row(tmp_path):
+    # a `records` file can hold prompts; as prepare.demos every row needs a response, and the error names the
+    # row of the file the user wrote (not its position among the prepared demonstrations)
+    from srppo.config.params import PrepareConfig
+    from srppo.data.prepare import prepare
+
+    rows = [{"id": f"d{i}", "prompt": f"Q{i}", "response": f"A{i}"} for i in range(1, 10)]
+    del rows[6]["response"]
+    f = jsonl(tmp_path / "demos.jsonl", rows)
+    cfg = PrepareConfig(source="files", n_calibration=2, demos={"path": str(f), "format": "records"},
+                        prompts={"path": str(f), "format": "prompt"})
+    with pytest.raises(DataError, match=rf"^{f} row 7: field 'response' is missing$"):
+        prepare(cfg)
 
 
 def test_written_records_round_trip(tmp_path):

@@ -294,7 +294,11 @@ def local_files(params: dict, keys: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------
 
 def _uncached(path: str) -> dict:
-    return {path: {"cache": False}}
+    """A result kept in git, not in the DVC cache (metrics, reports, curves, plots). `persist`: DVC leaves it in
+    place when the stage runs, where it would otherwise delete it first: a run that fails (bad params, bad
+    data, a diverged model) keeps the previous run's results, which nothing could restore (no cache copy).
+    A stage replaces each one whole when it succeeds (DVCLive's curves: from its first trained step)."""
+    return {path: {"cache": False, "persist": True}}
 
 
 def stage(script_name: str, paths: dict, options: dict, params: dict, prefix: str = "") -> dict:

@@ -82,6 +82,15 @@ class PPOConfig(Section):
     length_guard: float = Field(
         2.0, gt=1, description="Stop PPO if mean response length exceeds this multiple of the first buffer's "
         "while most responses are truncated: the Appendix E failure mode.")
+    kl_ceiling: float | None = Field(
+        25.0, gt=0, description="Fail the run (nothing saved) when a buffer's mean KL to p_SFT, in nats per "
+        "response, exceeds this: checked on every iteration's samples and on the final actor's own samples after "
+        "its last update. The default's run ends near 1; an actor trained at ppo.actor_lr 10 reached 98.7 and "
+        "answered 'givinggiving...'. null = no ceiling.")
+    max_repetitive_share: float = Field(
+        0.5, gt=0, le=1, description="Fail the run (nothing saved) when more than this share of a buffer's "
+        "responses are degenerate: at least 16 tokens made of a few 3-grams over and over (srppo/runtime/"
+        "health.py). Checked on every iteration's samples and on the final actor's.")
     token_reward_ack: bool = Field(
         False, description="Must be true to use reward_mode='token' (known to blow up length, Appendix E).")
     checkpoint_every: int = Field(

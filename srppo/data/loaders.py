@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from srppo.data.records import (DataError, check_unique_ids, require_str, scan_jsonl, type_name,
+from srppo.data.records import (DataError, check_unique_ids, content_key, require_str, scan_jsonl, type_name,
                                 validate_demo, validate_prompt)
+from srppo.runtime.stage import log
 
 FORMATS = ("messages", "alpaca", "prompt", "gsm8k", "ifeval", "records")
 DEFAULT_FAMILY = {"messages": "tulu", "alpaca": "alpaca", "prompt": "ultrafeedback", "gsm8k": "gsm8k",
@@ -50,12 +51,17 @@ _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 def load_records(source: str, fmt: str, split: str = "train", limit: int | None = None, seed: int = 0,
-                 *, family: str | None = None) -> list[dict]:
+                 *, family: str | None = None, demos: bool = False) -> list[dict]:
     """Load ``source`` in format ``fmt`` as validated records (see the module docstring).
 
     ``limit``: deterministic subsample (seeded shuffle of all rows, then the first ``limit``); only the rows
     taken are converted and validated. ``split`` selects the hub split, or the files of a directory named after
-    it (``train.jsonl``, ``train-00000-of-00001.parquet``, ``train/...``).
+    it (``train.jsonl``, ``train-00000-of-00001.parquet``, ``train/...``). ``demos``: every row must be a
+    demonstration (carry a response), checked here so that an error names this file's own row.
+
+    A row whose content (messages and response) repeats an earlier row's is dropped, whatever their ids, and
+    the drop logged with both rows: copies would otherwise land on both sides of a split (a held-out
+    calibration row in the SFT demonstrations).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; valid formats: {', '.join(FORMATS)}")
@@ -63,15 +69,28 @@ def load_records(source: str, fmt: str, split: str = "train", limit: int | None 
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     tables = _open_source(str(source), split)
     picks = _pick(tables, limit, seed)
-    records, where = [], []
+    records, where, first_seen, repeats = [], [], {}, []
     for (table, index, ordinal), raw in zip(picks, _fetch(picks)):
         ctx = _Ctx(table.name, table.row(index), ordinal, fmt, family)
         rec = _CONVERTERS[fmt](_clean(raw), ctx)
-        validate = validate_demo if fmt in _DEMO_FORMATS or "response" in rec else validate_prompt
+        validate = validate_demo if demos or fmt in _DEMO_FORMATS or "response" in rec else validate_prompt
         records.append(validate(rec, ctx.source, ctx.row))
         where.append((ctx.source, ctx.row))
-    check_unique_ids(records, source, where)
-    return records
+    check_unique_ids(records, source, where)  # a repeated id is an error, identical rows or not
+    kept = []
+    for rec, here in zip(records, where):
+        key = content_key(rec)
+        if key in first_seen:
+            repeats.append((here, first_seen[key]))
+            continue
+        first_seen[key] = here
+        kept.append(rec)
+    if repeats:
+        shown = "; ".join(f"{s} row {r} repeats row {r0}" + ("" if s0 == s else f" of {s0}")
+                          for (s, r), (s0, r0) in repeats[:5])
+        log("data", f"{source}: dropped {len(repeats)} row(s) whose messages and response repeat an earlier row's "
+            f"({shown}{'; ...' if len(repeats) > 5 else ''})")
+    return kept
 
 
 # ---------------------------------------------------------------- sources

@@ -10,7 +10,8 @@ import random
 from collections import Counter
 
 from srppo.config.params import PrepareConfig
-from srppo.data.records import check_unique_ids, validate_demo, validate_prompt
+from srppo.data.records import check_unique_ids, content_key, validate_demo, validate_prompt
+from srppo.runtime.stage import log
 
 SPLITS = ("demos", "ppo_prompts", "calibration", "eval")
 
@@ -30,24 +31,35 @@ def testbed_splits(cfg: PrepareConfig) -> dict[str, list[dict]]:
                         ppo_demo_family_share=cfg.ppo_demo_family_share)
 
 
-def _load(src, seed: int) -> list[dict]:
+def _load(src, seed: int, demos: bool = False) -> list[dict]:
     from srppo.data.loaders import load_records
 
-    return load_records(src.path, src.format, split=src.split, limit=src.limit, seed=seed)
+    return load_records(src.path, src.format, split=src.split, limit=src.limit, seed=seed, demos=demos)
+
+
+def _new_content(records: list[dict], kept: list[dict], what: str) -> list[dict]:
+    """`records` minus the rows whose content (messages and response) is already in `kept` (copies across files)."""
+    seen = {content_key(r) for r in kept}
+    new = [r for r in records if content_key(r) not in seen]
+    if len(new) < len(records):
+        log("prepare", f"{what}: dropped {len(records) - len(new)} row(s) whose messages and response repeat a row "
+            f"already in the demonstrations or the calibration set")
+    return new
 
 
 def file_splits(cfg: PrepareConfig) -> dict[str, list[dict]]:
     """Real data: the calibration set is held out from the demonstrations (same distribution)."""
-    demos = _load(cfg.demos, cfg.seed)
+    demos = _load(cfg.demos, cfg.seed, demos=True)  # copies by content dropped: none lands on both sides below
     random.Random(cfg.seed).shuffle(demos)
     if len(demos) <= cfg.n_calibration:
         raise ValueError(f"prepare.demos ({cfg.demos.path}): {len(demos)} rows leave nothing after holding out "
                          f"prepare.n_calibration={cfg.n_calibration}")
     calibration, demos = demos[: cfg.n_calibration], demos[cfg.n_calibration :]
     if cfg.overlap in ("medium", "diminished"):
-        demos += _load(cfg.subset_demos, cfg.seed)
+        demos += _new_content(_load(cfg.subset_demos, cfg.seed, demos=True), demos + calibration, "prepare.subset_demos")
     if cfg.overlap == "diminished":
-        demos += _load(cfg.dilution_demos, cfg.seed)
+        demos += _new_content(_load(cfg.dilution_demos, cfg.seed, demos=True), demos + calibration,
+                              "prepare.dilution_demos")
     prompts = [{k: v for k, v in r.items() if k != "response"} for r in _load(cfg.prompts, cfg.seed)]
     evals = []
     for name, src in cfg.eval_sets.items():

@@ -132,6 +132,11 @@ def _validate_ifeval_check(check: dict, source: Any, row: int, field: str) -> No
         raise DataError(source, row, f"{field}.kwargs", "must be a list of objects, one per instruction id")
 
 
+def content_key(rec: dict) -> str:
+    """What makes two records the same example whatever their ids: the messages and the response."""
+    return json.dumps([rec.get("messages"), rec.get("response")], sort_keys=True, ensure_ascii=False)
+
+
 def check_unique_ids(records: Sequence[dict], source: Any, rows: Sequence[Location] | None = None) -> None:
     """DataError naming both rows when two records share an id.
 

@@ -25,7 +25,7 @@ from srppo.models.loading import (
     save_pretrained,
 )
 from srppo.models.logprobs import token_logprobs
-from srppo.runtime import distributed
+from srppo.runtime import distributed, health
 from srppo.runtime.distributed import Stepper
 from srppo.runtime.stage import Timer, log, progress, training_config
 
@@ -194,6 +194,7 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
             continue
         row = {"step": step + 1, "epoch": epoch, "loss": sum(accum) / len(accum),
                "lr": stepper.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "tokens": tokens}
+        check_step_health(row, history[0]["loss"] if history else row["loss"], len(tok))
         history.append(row)
         accum = []
         if on_step:
@@ -201,18 +202,43 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
         if ckpt:
             ckpt.maybe_save(len(history), {"model": model}, {"opt": stepper.optimizer},
                             lambda: {"history": history, "tokens": tokens, "next_micro": i + 1})
+    if history:
+        check_final_health(model, tok, encoded, batches[0][1], history, device)
     return history
 
 
-def _micro_batch_loss(model, tok, encoded, i: int, idx: list[int], device) -> tuple[torch.Tensor, float, int]:
-    """(this rank's scaled loss, the global token-mean loss, the global token count)."""
+ADVICE = "Lower sft.lr (or raise sft.warmup_ratio)."
+
+
+def check_step_health(row: dict, first_loss: float, vocab_size: int) -> None:
+    """An optimizer step's loss and gradient norm finite, the loss not blown up (srppo.runtime.health)."""
+    health.check_finite("sft", row["step"], ADVICE, loss=row["loss"], grad_norm=row["grad_norm"])
+    health.check_blowup("sft", row["step"], "loss", row["loss"], first_loss, ADVICE, vocab_size)
+
+
+def check_final_health(model, tok, encoded, probe: list[int], history: list[dict], device) -> None:
+    """After the last update: every weight finite, and the first batch's loss under the final model finite and
+    not blown up against the same rows' loss at step 1 (the run's first loss, before any update)."""
+    step = history[-1]["step"]
+    health.check_parameters("sft", step, model, "the model", ADVICE)
+    with torch.no_grad():
+        _, loss, _ = _micro_batch_loss(model, tok, encoded, -1, probe, device, check=False)
+    health.check_finite("sft", step, ADVICE, **{"the final model's loss on the first batch": loss})
+    health.check_blowup("sft", step, "the final model's loss on the first batch", loss, history[0]["loss"], ADVICE,
+                        len(tok))
+
+
+def _micro_batch_loss(model, tok, encoded, i: int, idx: list[int], device,
+                      check: bool = True) -> tuple[torch.Tensor, float, int]:
+    """(this rank's scaled loss, the global token-mean loss, the global token count); `check`: a NaN/inf loss is
+    an error naming the micro-batch `i` and its rows."""
     mine = distributed.shard(idx)
     share_rows = mine or idx[:1]  # a rank without rows still runs the forward (ZeRO-3 gathers in lockstep)
     batch = collate([encoded[j][0] for j in share_rows], [encoded[j][1] for j in share_rows],
                     tok.pad_token_id).to(device)
     logp = token_logprobs(model, batch)
     loss = -masked_mean(logp, batch.action_mask)
-    if not torch.isfinite(loss):
+    if check and not torch.isfinite(loss):
         raise FloatingPointError(f"SFT loss is {loss.item()} at micro-batch {i} (demo rows "
                                  f"{[j + 1 for j in share_rows]}); lower sft.lr")
     n_local = float(batch.action_mask.sum()) if mine else 0.0

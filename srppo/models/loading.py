@@ -63,7 +63,24 @@ def setup_runtime(rt: RuntimeConfig, return_freed_memory: bool = False) -> tuple
         set_autocast_dtype(resolve_precision(rt.precision, device, dtype))
     except ValueError as err:
         raise ModelError(str(err)) from None
+    set_attention(resolve_attention(rt.attention, device))
     return device, dtype
+
+
+_attention: dict[str, str | None] = {"implementation": None}  # set by setup_runtime; None: transformers' default
+
+
+def set_attention(implementation: str | None) -> None:
+    """The attention kernel `load_causal_lm` gives the models it loads from now on (None: transformers' default)."""
+    _attention["implementation"] = implementation
+
+
+def resolve_attention(setting: str, device: torch.device) -> str:
+    """`runtime.attention` for `device`: 'auto' is eager on a CPU, where fused SDPA loses at short sequences
+    (measured on the embedded default: decode 1.8x, a training step 1.14x), and sdpa on a GPU."""
+    if setting != "auto":
+        return setting
+    return "eager" if device.type == "cpu" else "sdpa"
 
 
 def gguf_location(package: str, filename: str) -> Path:
@@ -159,7 +176,8 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, t
 
     path = Path(path)
     check_weights(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True).to(device)
+    attention = {"attn_implementation": _attention["implementation"]} if _attention["implementation"] else {}
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True, **attention).to(device)
     model.train(trainable)
     model.requires_grad_(trainable)
     if hasattr(model.config, "use_cache"):

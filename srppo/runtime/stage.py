@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -14,22 +17,84 @@ from srppo.io import write_json
 
 OVERRIDES_ENV = "SRPPO_SET"
 
+_read: dict = {}  # what `load` read: the file, its bytes' sha256, the overrides and the validated params
+
+
+class ParamsChangedError(RuntimeError):
+    """params.yaml changed while the stage ran: its outputs were computed with the values it read at start."""
+
 
 def load(params_path: str | Path = "params.yaml") -> Params:
     """Validate the whole params file up front: a typo anywhere fails before any work starts.
 
     $SRPPO_SET ("runtime.seed=1 prepare.overlap=medium") is laid over the file: the comparison grid's
-    stage commands set it per cell.
+    stage commands set it per cell. The params read are kept: `write_results` records them and fails if the
+    file changed meanwhile. The process also ends with the one that started it (`die_with_parent`).
     """
+    die_with_parent()
     overrides = os.environ.get(OVERRIDES_ENV, "")
     try:
+        data = Path(params_path).read_bytes() if Path(params_path).is_file() else b""
         params = load_params(params_path, overrides)
         if overrides.strip():
             log("params", f"{params_path} with {OVERRIDES_ENV}={overrides}")
-        return params
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    _read.update(path=Path(params_path), sha256=hashlib.sha256(data).hexdigest(), overrides=overrides, params=params)
+    return params
+
+
+def params_changed() -> list[str]:
+    """`section.key: old -> new` for each value that differs between the params `load` read and the file now
+    (empty when nothing changed, or when nothing was loaded)."""
+    if not _read or hashlib.sha256(_file_bytes(_read["path"])).hexdigest() == _read["sha256"]:
+        return []
+    try:
+        now = load_params(_read["path"], _read["overrides"]).model_dump(mode="json")
+    except ConfigError as err:
+        return [f"the file no longer validates ({err})"]
+    return list(_differences(_read["params"].model_dump(mode="json"), now))
+
+
+def _file_bytes(path: Path) -> bytes:
+    return path.read_bytes() if path.is_file() else b""
+
+
+def _differences(old, new, prefix: str = ""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in dict.fromkeys([*old, *new]):
+            yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+    elif old != new:
+        yield f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
+
+
+def check_params_unchanged(stage: str) -> None:
+    """ParamsChangedError if params.yaml changed since `load`: DVC records the params it finds when a stage
+    ends, so outputs computed with the old values would be recorded under the new ones."""
+    changed = params_changed()
+    if changed:
+        shown = "; ".join(changed[:5]) + ("; ..." if len(changed) > 5 else "")
+        raise ParamsChangedError(
+            f"{stage}: {_read['path']} changed while the stage ran ({shown}). Its outputs were computed with the "
+            f"values read at its start, so they are not recorded as this run's: run it again (a checkpoint, if "
+            f"any, resumes it where its params still match).")
+
+
+def die_with_parent() -> None:
+    """End this process (SIGTERM) when the one that started it exits: a killed `dvc repro` or Prefect worker
+    must not leave its stage running as an orphan that a rerun would then start a second copy beside. Linux
+    only (prctl PR_SET_PDEATHSIG); a no-op elsewhere."""
+    if not sys.platform.startswith("linux") or _read.get("watching"):
+        return
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    _read["watching"] = True
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def log(stage: str, msg: str) -> None:
@@ -57,9 +122,14 @@ class Timer:
 def write_results(metrics_path: str | Path, report_path: str | Path, summary: dict, report: dict,
                   timer: Timer) -> None:
     """A stage's two result files: `summary`, the few numbers a person compares across runs, to
-    `metrics_path`; the whole `report` (breakdowns, paths, distributions) and the timings to `report_path`."""
+    `metrics_path`; the whole `report` (breakdowns, paths, distributions), the timings and the params read
+    (file, sha256 of its bytes, overrides) to `report_path`. First, ParamsChangedError if the params file
+    changed since the stage read it (`check_params_unchanged`)."""
+    check_params_unchanged(timer.stage)
+    read = {"params_read": {"file": str(_read["path"]), "sha256": _read["sha256"], "overrides": _read["overrides"]}
+            } if _read else {}
     write_json(metrics_path, summary)
-    write_json(report_path, {**report, **timer.report()})
+    write_json(report_path, {**report, **timer.report(), **read})
 
 
 def progress(total: int, desc: str, unit: str = "it"):

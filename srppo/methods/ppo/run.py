@@ -22,7 +22,7 @@ from srppo.methods.ppo.roles import ppo_roles
 from srppo.methods.ppo.trainer import PPOTrainer, Roles
 from srppo.models.loading import context_length, load_tokenizer
 from srppo.rollout.sampling import engine_name, prompt_ids, rollout_engine, sampling_params
-from srppo.runtime import distributed
+from srppo.runtime import distributed, health
 from srppo.runtime.checkpoint import Checkpointer
 from srppo.runtime.stage import Timer, log, progress, training_config
 from srppo.scoring.buffer import read_buffers
@@ -56,6 +56,7 @@ class PPOResult:
     iteration_seconds: list[dict] = field(default_factory=list)  # each PPO iteration this call ran:
                                                                   # PPOTrainer.seconds (ITERATION_PHASES)
     engine: object = None     # the rollout engine, still open: close() it once the actor is saved
+    final_check: dict = field(default_factory=dict)  # the final actor's probe after its last update (check_final)
 
     def close(self) -> None:
         """Shut the rollout engine down. After saving the actor: vLLM's shutdown also tears down the process
@@ -114,8 +115,10 @@ def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | No
     iteration_seconds = []
     with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
         stopped = ppo_iterations(trainer, batches, cfg, history, save, bar, emit, iteration_seconds)
+    with timer.phase("final check"):  # on the stream's next batch (a finite stream's last one when it ran out)
+        final = check_final(trainer, next(batches, (None, trainer.last_prompts))[1], len(history))
     return PPOResult(history, stopped, trainer.roles, actor_to_save, tok, dict(timer.phases), iteration_seconds,
-                     trainer.engine)
+                     trainer.engine, final)
 
 
 def _build(params, inputs: PPOInputs, tok, device, dtype, timer: Timer, dump_dir: Path | None):
@@ -186,12 +189,47 @@ def ppo_iterations(trainer: PPOTrainer, batches, cfg, history: list[dict], save,
         emit(row)
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward_raw']:.2f}", kl=f"{row['kl']:.3f}", len=f"{row['response_length']:.0f}")
+        check_iteration(row, cfg)
         if length_guard_tripped(ppo_rows, cfg.length_guard):
             stopped = f"length guard at iteration {it + 1}: responses grew past {cfg.length_guard}x"
             log("ppo", f"stopping early: {stopped}")
             return stopped
         save()
     return None
+
+
+ADVICE = ("Lower ppo.actor_lr or raise ppo.kl_coef; if the drift is wanted, raise ppo.kl_ceiling or "
+          "ppo.max_repetitive_share.")
+
+
+def check_iteration(row: dict, cfg) -> None:
+    """A PPO iteration's numeric health (srppo.runtime.health): its samples (drawn by the actor as the previous
+    update left it) within the KL ceiling and not mostly repetitive, the actor's gradient norm and the KL
+    finite. Losses and rewards are checked inside the trainer, before each step."""
+    check_drift(row["step"], row, cfg)
+    health.check_finite("ppo", row["step"], ADVICE, actor_grad_norm=row.get("actor_grad_norm"))
+
+
+def check_drift(step: int, probe: dict, cfg, what: str = "the buffer's") -> None:
+    health.check_finite("ppo", step, ADVICE, **{f"{what} KL to p_SFT": probe["kl"]})
+    if cfg.kl_ceiling is not None and probe["kl"] > cfg.kl_ceiling:
+        raise health.fail("ppo", step, f"{what} KL to p_SFT, {probe['kl']:.3g} nats per response, is over "
+                          f"ppo.kl_ceiling={cfg.kl_ceiling:g}", ADVICE)
+    if probe["repetitive_share"] > cfg.max_repetitive_share:
+        raise health.fail("ppo", step, f"{probe['repetitive_share']:.0%} of {what} responses repeat a few tokens over "
+                          f"and over (ppo.max_repetitive_share={cfg.max_repetitive_share:g})", ADVICE)
+
+
+def check_final(trainer: PPOTrainer, prompts: list[list[int]], step: int) -> dict:
+    """After the last update: every weight of actor and critic finite, and the final actor's own samples on
+    prompts it has not trained on (the stream's next batch) within the same limits as each iteration's."""
+    for what, model in (("the actor", trainer.roles.actor), ("the critic", trainer.roles.critic)):
+        health.check_parameters("ppo", step, model, what, ADVICE)
+    probe = trainer.probe(prompts)
+    if not probe["logprobs_finite"]:
+        raise health.fail("ppo", step, "the final actor's log-probs of its own samples hold NaN/inf", ADVICE)
+    check_drift(step, probe, trainer.cfg, "the final actor's")
+    return probe
 
 
 def length_guard_tripped(history: list[dict], factor: float) -> bool:

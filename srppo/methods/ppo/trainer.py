@@ -32,7 +32,8 @@ from srppo.methods.ppo.experience import (
 from srppo.methods.ppo.losses import masked_mean, policy_loss, value_loss
 from srppo.models.logprobs import token_logprobs
 from srppo.rollout.engine import SamplingParams
-from srppo.runtime import distributed
+from srppo.methods.ppo.losses import kl_penalty
+from srppo.runtime import distributed, health
 from srppo.runtime.distributed import Stepper
 from srppo.scoring.rewards import RewardNormalizer
 from srppo.scoring.score import Scored, engine_logprobs, in_chunks, score
@@ -101,6 +102,7 @@ class PPOTrainer:
         self.critic_free = cfg.estimator in CRITIC_FREE
         self._gap_pending = False  # set when logp_old came from the engine and is not yet checked
         self.seconds = dict.fromkeys(ITERATION_PHASES, 0.0)  # the last iteration's phases (ITERATION_PHASES)
+        self.last_prompts: list[list[int]] | None = None  # the last iteration's prompts
 
     @contextmanager
     def _timed(self, phase: str):
@@ -145,6 +147,7 @@ class PPOTrainer:
         """Sample, score and learn from one buffer; the row of metrics it logs. Its phases' seconds are
         left in `self.seconds` (ITERATION_PHASES) until the next iteration."""
         self.seconds = dict.fromkeys(ITERATION_PHASES, 0.0)
+        self.last_prompts = prompts
         t0 = time.perf_counter()
         sync_s = 0.0
         if self.actor_changed:
@@ -165,6 +168,7 @@ class PPOTrainer:
                                   logp_old=from_engine if reuse else None)
         if from_engine is not None and not reuse:
             exp.info.update(logprob_gap(from_engine, exp.logp_old, exp.mask))
+        exp.info["repetitive_share"] = health.repetitive_share([g.response_ids for g in gens])
         # with the engine's log-probs as logp_old, the first actor forward (before any step) checks them
         self._gap_pending = reuse
         _check_finite("reward", exp.reward_raw, exp, self.dump_dir)
@@ -184,6 +188,26 @@ class PPOTrainer:
                   "time_train": t3 - t2}
         tokens = exp.batch.attention_mask.sum().item()
         return {**exp.info, **_mean(stats), **timing, "tokens_per_s": tokens / (t3 - t0)}
+
+    @torch.no_grad()
+    def probe(self, prompts: list[list[int]]) -> dict:
+        """The final actor on prompts it has not trained on (after its last update): its own samples' KL to p_SFT
+        (nats per response, the k1 estimate PPO's penalty uses), their repetitive share, and the finiteness of
+        its log-probs. Costs one engine call and two forwards."""
+        if self.actor_changed:
+            with distributed.gathered(self.roles.actor):
+                self.engine.sync_weights(self.roles.actor)
+            self.actor_changed = False
+        prompts, _ = repeat_prompts(prompts, self.cfg.group_size, self.device)
+        gens = distributed.generate_sharded(self.engine, prompts, self.sampling)
+        scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device,
+                       self.forward_batch_size, self.roles.reward_model)
+        logp = in_chunks(lambda b: token_logprobs(self.roles.actor, b, temperature=self.sampling.temperature),
+                         scored.batch, self.forward_batch_size)
+        mask = scored.batch.action_mask
+        return {"kl": kl_penalty(logp, scored.logp_sft, mask).sum(-1).mean().item(),
+                "repetitive_share": health.repetitive_share([g.response_ids for g in gens]),
+                "logprobs_finite": bool(torch.isfinite(logp).all())}
 
     def _minibatches(self, exp: Experience):
         """Global mini-batches (the same permutation on every rank), each cut down to this rank's rows.
