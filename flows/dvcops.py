@@ -6,6 +6,7 @@ the flow so that `python` in a stage command resolves to the environment that ha
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -70,6 +71,52 @@ def pull(repo: Path, paths: list[str], remote: str | None, log: Log | None = Non
         stats = r.pull(targets=[str(repo / p) for p in paths], remote=remote)["stats"]
     if log:
         log(f"pulled {', '.join(paths)}: {stats.get('fetched', 0)} files fetched from the remote")
+
+
+class CorruptCacheError(RuntimeError):
+    pass
+
+
+_verified: set[Path] = set()  # cache objects found intact by this process: hashed once per run
+
+
+def verify_cached(repo: Path, paths: list[str], lock: dict[str, dict], log: Log | None = None) -> int:
+    """Hash the cache objects `dvc.lock` (`lock`: its stage entries) records for the cached data `paths` against
+    their names, before a stage uses them; CorruptCacheError naming each bad one. DVC never rereads an object:
+    a corrupt one (a disk fault, a copy made outside DVC) is checked out as it is and trained on. Objects not in
+    this cache are left to `dvc pull` / `dvc repro`, which fetch or complain. Returns the objects hashed."""
+    from tools.storecheck import file_md5
+
+    with _open(repo) as r:
+        cache = Path(r.cache.local.path)
+    recorded = {item["path"]: item.get("md5") or item.get("hash", "")
+                for entry in lock.values() for item in entry.get("outs", [])}
+    bad, hashed = [], 0
+    for path in paths:
+        owner = next((out for out in recorded if path == out or path.startswith(out.rstrip("/") + "/")), None)
+        if owner is None or not recorded[owner]:
+            continue
+        oid = recorded[owner]
+        objects = [(owner, cache / oid[:2] / oid[2:])]
+        if oid.endswith(".dir") and objects[0][1].exists():
+            objects += [(f"{owner}/{f['relpath']}", cache / f["md5"][:2] / f["md5"][2:])
+                        for f in json.loads(objects[0][1].read_bytes())]
+        for name, obj in objects:
+            if obj in _verified or not obj.exists():
+                continue
+            hashed += 1
+            if file_md5(obj) != obj.parent.name + obj.name.removesuffix(".dir"):
+                bad.append(f"{name}: its cache object {obj} does not hash to its name")
+            else:
+                _verified.add(obj)
+    if bad:
+        raise CorruptCacheError(
+            "corrupt DVC cache objects, which DVC would check out as they are: " + "; ".join(bad)
+            + f". Remove them with `python -m tools.storecheck --repo {repo} --repair`, then `dvc pull` them again "
+            "(or rerun the stage that made them).")
+    if log and hashed:
+        log(f"verified {hashed} cache objects of {', '.join(paths)}")
+    return hashed
 
 
 def repro(repo: Path, stage: str, log: Log | None = None) -> str:

@@ -134,6 +134,7 @@ def pipeline(
     upstream: dict[str, dict] | None = None,
     remote: str | None = None,
     record: bool = True,
+    verify_cache: bool = True,
     repo: str = ".",
 ) -> dict:
     """Run the srppo stages in graph order, each as pull → stage → push, publishing lineage after each.
@@ -146,6 +147,8 @@ def pipeline(
         upstream: dvc.lock entries produced on another clone (its lineage.json "dvc_lock") to continue from.
         remote: DVC remote name; empty uses the repository's default remote (none: no pull/push).
         record: save the run's params, dvc.lock and lineage as a DVC experiment named after the flow run.
+        verify_cache: before each stage, hash the DVC cache objects of its inputs against their names (each once
+            per run: about a second per GB) and stop on a corrupt one, which DVC would check out as it is.
         repo: the clone to work in.
     """
     root = Path(repo).resolve()
@@ -159,6 +162,8 @@ def pipeline(
             inputs = pullable_inputs(graph, name)
             if use_remote and inputs:
                 pull_inputs(root, name, inputs, remote)
+            if verify_cache and inputs:
+                dvcops.verify_cached(root, inputs, read_lock(root), print)
             statuses[name] = run_stage(root, name).result()
             if use_remote and _outputs_present(root, graph[name]):
                 push_outputs(root, name, remote)
@@ -210,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--upstream", type=Path, help="another clone's lineage.json to continue from")
     ap.add_argument("--remote", help="DVC remote name (default: the repository's default remote)")
     ap.add_argument("--no-record", dest="record", action="store_false", help="do not save a DVC experiment")
+    ap.add_argument("--no-verify-cache", dest="verify_cache", action="store_false",
+                    help="do not hash the cache objects of each stage's inputs before it runs")
     ap.add_argument("--repo", default=".")
     a = ap.parse_args(argv)
     upstream = json.loads(a.upstream.read_text())["dvc_lock"] if a.upstream else None
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         ap.error(str(err))
     pipeline(preset=a.preset, overrides=overrides, stages=a.stages, upstream=upstream,
-             remote=a.remote, record=a.record, repo=a.repo)
+             remote=a.remote, record=a.record, verify_cache=a.verify_cache, repo=a.repo)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,17 @@ def test_local_directory_and_tulu_template(tmp_path, tiny_dir):
     assert text == "<|user|>\nhi\n<|assistant|>\n"
 
 
+def test_a_truncated_local_base_is_named_before_transformers_reads_it(tmp_path, tiny_dir):
+    import shutil
+
+    src = shutil.copytree(tiny_dir, tmp_path / "base-src")
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    cfg = BaseConfig(name_or_path=str(src), gguf_package=None, gguf_file=None)
+    with pytest.raises(ModelError, match=rf"^{weights}: corrupt or truncated safetensors file"):
+        materialise_base(cfg, tmp_path / "base")
+
+
 def test_missing_package_and_weights_are_clear_errors(tmp_path):
     with pytest.raises(ModelError, match="package 'no_such_pkg' is not installed"):
         gguf_location("no_such_pkg", "x.gguf")

@@ -99,6 +99,32 @@ def test_preconditions_refuse_a_run_before_any_stage(tmp_path):
     assert not (repo / "data").exists()
 
 
+@pytest.mark.slow
+def test_the_flow_stops_on_a_corrupt_cache_object_before_a_stage_uses_it(reproduced_smoke, tmp_path):
+    """A disk fault in p_SFT's weights inside the DVC cache: DVC would check the object out as it is and the next
+    stage would train on it. The flow hashes each stage's cached inputs first and names the bad object."""
+    from flows.dvcgraph import read_lock
+
+    repo = copy_repo(reproduced_smoke[0], tmp_path / "repo")
+    cache = repo / ".dvc" / "cache" / "files" / "md5"
+    oid = {o["path"]: o["md5"] for o in read_lock(repo)["sft"]["outs"]}["data/sft"]
+    manifest = json.loads((cache / oid[:2] / oid[2:]).read_bytes())
+    weights = next(f["md5"] for f in manifest if f["relpath"] == "model.safetensors")
+    obj = cache / weights[:2] / weights[2:]
+    obj.chmod(0o644)  # DVC keeps its objects read-only
+    data = bytearray(obj.read_bytes())
+    data[-1] ^= 0xFF
+    obj.write_bytes(bytes(data))
+    res = _flow_cli(repo, tmp_path / "prefect", "--stages", "calibrate", "--no-record")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert f"data/sft/model.safetensors: its cache object {obj} does not hash to its name" in out, out[-3000:]
+    assert "python -m tools.storecheck" in out and "Running stage" not in out
+    # without the check (--no-verify-cache) the run goes on: what the flow did before
+    res = _flow_cli(repo, tmp_path / "prefect", "--stages", "calibrate", "--no-record", "--no-verify-cache")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+
+
 def test_empty_form_fields_are_not_set():
     # What the UI sends for a section opened with one field typed in, and for sections left closed.
     over = as_dict({"runtime": None, "ppo": {"kl_coef": 0.5, "clip_eps": None}, "base": {"gguf_file": None}})

@@ -41,6 +41,19 @@ def vllm_sft(tmp_path_factory):
     return build_tiny_lm(tmp_path_factory.mktemp("vllm") / "sft", seed=1, hidden_size=128, heads=2)
 
 
+def test_truncated_weights_are_named_before_vllm_reads_them(tmp_path, vllm_sft):
+    # vLLM's loader would raise a bare SafetensorError naming no file
+    import shutil
+
+    from srppo.models.loading import ModelError
+
+    model = shutil.copytree(vllm_sft, tmp_path / "sft")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelError, match=rf"^{weights}: corrupt or truncated safetensors file"):
+        make_engine("vllm", None, load_tokenizer(model), 4, model_path=str(model), options=VLLMOptions(), seed=0)
+
+
 @pytest.fixture(scope="module")
 def engine_and_actor(vllm_sft):
     tok = load_tokenizer(vllm_sft)

@@ -45,7 +45,7 @@ class StoreReport:
                 f"{len(self.incomplete)} incomplete directory manifests, {len(self.temp)} stale temporary files")
 
 
-def _md5(path: Path) -> str:
+def file_md5(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -82,7 +82,7 @@ def verify_store(root: str | Path, manifests: bool = True, stale_after: float = 
                 report.temp.append(path)
             continue
         report.objects += 1
-        if _md5(path) != _oid(path):
+        if file_md5(path) != _oid(path):
             report.corrupt.append(path)
             continue
         valid.add(_oid(path))

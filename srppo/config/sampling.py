@@ -78,7 +78,8 @@ class RolloutConfig(Section):
         "(needs vLLM installed; weights synced into the engine after each PPO update) or 'auto': vLLM where it "
         "imports, else hf; except PPO's own sampling off a GPU or with LoRA, which stays on hf (on a CPU, 16 "
         "rollouts per iteration gain less from vLLM than its weight sync and the extra actor forward cost), and "
-        "a job of fewer than 4,096 tokens of budget (rows x max_new_tokens: calibrate's 32-prompt samples), "
+        "a job of fewer than 8,192 tokens of budget (rows x max_new_tokens: calibrate's 32-prompt samples, the "
+        "rollouts stage's 112), "
         "where vLLM's 13 s to import and start cost more than it saves. The engine a stage used is in its report.")
     vllm: VLLMOptions = VLLMOptions()
     max_new_tokens: int = Field(48, ge=1)

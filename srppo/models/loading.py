@@ -106,6 +106,8 @@ def materialise_base(cfg: BaseConfig, out_dir: Path) -> dict:
     else:
         src = cfg.name_or_path
         kwargs["use_safetensors"] = True  # never unpickle weights
+        if Path(src).is_dir():  # a local directory: a truncated file is named before transformers reads it
+            check_weights(Path(src))
     tok = AutoTokenizer.from_pretrained(src, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
     if cfg.gguf_package:

@@ -20,10 +20,10 @@ from srppo.runtime.precision import autocast_dtype
 
 
 # vLLM's fixed cost before its first token on a CPU: about 9 s to import it and 4 s to start an engine (2-core
-# EPYC). The transformers engine samples about 90 tokens/s batched in bf16 there, vLLM about 380: vLLM pays
-# off from roughly 1,500 sampled tokens, i.e. 3,000-4,000 tokens of budget (rows x max_new_tokens) at the
-# testbed's response lengths.
-VLLM_MIN_TOKENS = 4096
+# EPYC). The transformers engine samples about 170 tokens/s there (16 rows, bf16, eager attention), vLLM about
+# 380: vLLM pays off from roughly 4,000 sampled tokens, i.e. about 8,000 tokens of budget (rows x
+# max_new_tokens) at the testbed's response lengths (responses fill about half their budget).
+VLLM_MIN_TOKENS = 8192
 
 _used: set[str] = set()  # the engines rollout_engine built in this process
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,6 +65,9 @@ class VLLMEngine:
         from vllm import LLM
 
         from srppo.config.params import VLLMOptions
+        from srppo.models.loading import check_weights
+
+        check_weights(Path(model_path))  # vLLM's own loader reports a truncated file as a bare SafetensorError
         options = options or VLLMOptions()
         # `batch_size` is not used: vLLM batches a call's prompts itself (`prefill_chunks`)
         self.tok, self.seed, self.calls = tok, seed, 0
