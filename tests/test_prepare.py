@@ -98,3 +98,23 @@ def test_files_source_and_a_malformed_row(tmp_path):
     with pytest.raises(DataError) as err:
         prepare(cfg)
     assert "demos.jsonl" in str(err.value) and "row 6" in str(err.value)
+
+
+def test_copies_of_a_demonstration_never_land_on_both_sides_of_the_calibration_split(tmp_path):
+    # identical rows without ids got different generated ids: by id two rows, so the held-out calibration set
+    # could hold one copy while the SFT demonstrations held another; also across the medium overlap's files
+    rows = [{"prompt": f"Q{i % 6}", "response": f"A{i % 6}"} for i in range(24)]  # 6 examples, 4 copies each
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "s.jsonl").write_text(json.dumps({"prompt": "Q0", "response": "A0"}) + "\n"
+                                      + json.dumps({"prompt": "Q9", "response": "A9"}) + "\n")
+    cfg = PrepareConfig(source="files", overlap="medium", n_calibration=2, system_prompt=None,
+                        demos={"path": str(tmp_path / "d.jsonl"), "format": "records"},
+                        subset_demos={"path": str(tmp_path / "s.jsonl"), "format": "records"},
+                        prompts={"path": str(tmp_path / "d.jsonl"), "format": "prompt"},
+                        eval_sets={"e": {"path": str(tmp_path / "d.jsonl"), "format": "prompt"}})
+    splits = prepare(cfg)
+    content = lambda r: (r["messages"][-1]["content"], r["response"])
+    demos, held = [content(r) for r in splits["demos"]], [content(r) for r in splits["calibration"]]
+    assert len(held) == 2 and not set(held) & set(demos)
+    assert sorted(demos + held) == sorted({content(r) for r in splits["demos"] + splits["calibration"]})
+    assert ("Q9", "A9") in demos  # the subset's new example is kept, its copy of Q0 is not

@@ -38,13 +38,17 @@ def _load(src, seed: int, demos: bool = False) -> list[dict]:
 
 
 def _new_content(records: list[dict], kept: list[dict], what: str) -> list[dict]:
-    """`records` minus the rows whose content (messages and response) is already in `kept` (copies across files)."""
+    """`records` minus the rows whose content (messages and response) is already in `kept` (copies across files).
+    A kept row whose id is taken in `kept` (ids generated per file, `family-000001`, meet across files) gets
+    the file's key as a prefix (`subset_demos/records-000001`)."""
     seen = {content_key(r) for r in kept}
     new = [r for r in records if content_key(r) not in seen]
     if len(new) < len(records):
         log("prepare", f"{what}: dropped {len(records) - len(new)} row(s) whose messages and response repeat a row "
             f"already in the demonstrations or the calibration set")
-    return new
+    taken = {r["id"] for r in kept}
+    key = what.removeprefix("prepare.")
+    return [{**r, "id": f"{key}/{r['id']}"} if r["id"] in taken else r for r in new]
 
 
 def file_splits(cfg: PrepareConfig) -> dict[str, list[dict]]:

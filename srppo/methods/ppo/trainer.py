@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from srppo.data.batch import select_rows
+from srppo.data.batch import collate, select_rows
 from srppo.methods.ppo.estimators import CRITIC_FREE
 from srppo.methods.ppo.experience import (
     Experience,
@@ -29,10 +29,9 @@ from srppo.methods.ppo.experience import (
     logprob_gap,
     make_experience,
 )
-from srppo.methods.ppo.losses import masked_mean, policy_loss, value_loss
+from srppo.methods.ppo.losses import kl_penalty, masked_mean, policy_loss, value_loss
 from srppo.models.logprobs import token_logprobs
 from srppo.rollout.engine import SamplingParams
-from srppo.methods.ppo.losses import kl_penalty
 from srppo.runtime import distributed, health
 from srppo.runtime.distributed import Stepper
 from srppo.scoring.rewards import RewardNormalizer
@@ -200,12 +199,17 @@ class PPOTrainer:
             self.actor_changed = False
         prompts, _ = repeat_prompts(prompts, self.cfg.group_size, self.device)
         gens = distributed.generate_sharded(self.engine, prompts, self.sampling)
-        scored = score(gens, self.roles.sft, self.roles.pt, self.tok.pad_token_id, self.device,
-                       self.forward_batch_size, self.roles.reward_model)
-        logp = in_chunks(lambda b: token_logprobs(self.roles.actor, b, temperature=self.sampling.temperature),
-                         scored.batch, self.forward_batch_size)
-        mask = scored.batch.action_mask
-        return {"kl": kl_penalty(logp, scored.logp_sft, mask).sum(-1).mean().item(),
+        batch = collate([g.prompt_ids for g in gens], [g.response_ids for g in gens], self.tok.pad_token_id)
+        batch = batch.to(self.device)
+        logp_of = lambda model, t=1.0: in_chunks(lambda b: token_logprobs(model, b, temperature=t), batch,
+                                                 self.forward_batch_size)
+        # the engine's log-probs are the actor's own where they match the trainer's (hf engine): one forward less
+        recorded = engine_logprobs(gens, batch.action_mask.float()) \
+            if getattr(self.engine, "logprobs_match_trainer", False) else None
+        logp = recorded * batch.action_mask if recorded is not None else logp_of(self.roles.actor,
+                                                                                 self.sampling.temperature)
+        mask = batch.action_mask
+        return {"kl": kl_penalty(logp, logp_of(self.roles.sft), mask).sum(-1).mean().item(),
                 "repetitive_share": health.repetitive_share([g.response_ids for g in gens]),
                 "logprobs_finite": bool(torch.isfinite(logp).all())}
 
