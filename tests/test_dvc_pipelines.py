@@ -52,7 +52,7 @@ def test_every_cell_reads_its_own_p_sft_trained_with_its_seed():
     own, first = "data/${item.overlap}-s${item.seed}/sft", "data/${item}-s${seeds[0]}/sft"
     sft = stages["sft"]
     assert sft["matrix"] == {"overlap": "${overlaps}", "seed": "${seeds}"} and own in sft["outs"]
-    assert sft["cmd"].startswith('cd .. && SRPPO_SET="runtime.seed=${item.seed}" python stages/sft.py data/base ')
+    assert sft["cmd"].startswith('cd .. && SRPPO_SET="runtime.seed=${item.seed}" exec python stages/sft.py data/base ')
     readers = {name for name, body in stages.items() for dep in body.get("do", body)["deps"]
                if dep.endswith("/sft")}
     assert readers == {"sft_extended", "spin", "reward_model", "srppo_calibrate", "srppo_rollouts", "srppo",

@@ -336,7 +336,11 @@ def stage(script_name: str, paths: dict, options: dict, params: dict, prefix: st
             metrics.append(_uncached(f"{value}/summary.json"))
     code = code_deps(ROOT / "stages" / f"{script_name}.py")
     settings = options.get("set", "")
-    command = (f'SRPPO_SET="{settings}" ' if settings else "") + f"python stages/{script_name}.py " + " ".join(words)
+    # after `cd ..` (the grid), `exec`: the stage replaces the shell, so it is the child of `dvc repro` and dies
+    # with it; a shell in between would outlive a killed `dvc repro` and keep the stage running
+    # (srppo.runtime.stage.die_with_parent). A lone command is exec'd by the shell itself.
+    command = ((f'SRPPO_SET="{settings}" ' if settings else "") + ("exec " if prefix else "")
+               + f"python stages/{script_name}.py " + " ".join(words))
     body = {"cmd": ("cd .. && " if prefix else "") + command,
             "deps": [rel(p) for p in [*code, *deps, *options.get("deps", []), *local_files(params, script.local_files)]]}
     if script.params:
