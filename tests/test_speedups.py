@@ -2,6 +2,8 @@
 actor forward, rows are cut to their own width, mini-batches are grouped by length, activations are
 recomputed in the backward pass, and AdamW runs fused."""
 
+import math
+
 import pytest
 import torch
 
@@ -272,3 +274,54 @@ def test_vllm_calls_take_what_one_prefill_step_takes():
         (0, [30, 30, 30]), (3, [50]), (4, [120]), (5, [10, 10])]
     assert [p for _, c in chunks for p in c] == prompts
     assert list(prefill_chunks([], 100)) == []
+
+
+class MismatchedEngine:
+    """The hf engine, reporting each sampled token's log-prob `shift` nats off the trainer's: what an engine with
+    other kernels or another precision (vLLM in bf16) hands PPO, exaggerated and made uniform."""
+
+    logprobs_match_trainer = False
+
+    def __init__(self, inner, shift: float):
+        self.inner, self.shift = inner, shift
+
+    def generate(self, prompts, params, progress=None, rows=None):
+        from srppo.rollout.engine import Generation
+
+        return [Generation(g.prompt_ids, g.response_ids, g.truncated, [lp + self.shift for lp in g.logprobs])
+                for g in self.inner.generate(prompts, params, progress)]
+
+    def sync_weights(self, model) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        pass
+
+
+def _mismatched_iteration(tiny_dir, tiny_sft_dir, shift: float, is_cap: float | None) -> dict:
+    tok = load_tokenizer(tiny_sft_dir)
+    torch.manual_seed(0)
+    roles = Roles(actor=load_causal_lm(tiny_sft_dir, CPU, torch.float32, trainable=True),
+                  critic=load_value_model(tiny_sft_dir, CPU, torch.float32),
+                  sft=load_causal_lm(tiny_sft_dir, CPU, torch.float32).eval(),
+                  pt=load_causal_lm(tiny_dir, CPU, torch.float32).eval())
+    cfg = PPOConfig(actor_lr=1e-3, critic_lr=1e-3, mini_batch_size=8, is_cap=is_cap)
+    engine = MismatchedEngine(make_engine("hf", roles.actor, tok, batch_size=4), shift)
+    trainer = PPOTrainer(roles, engine, tok, cfg, SamplingParams(max_new_tokens=8), RewardNormalizer(),
+                         forward_batch_size=2)
+    torch.manual_seed(1)
+    return trainer.iteration([encode_prompt(tok, m) for m in PROMPTS])
+
+
+@pytest.mark.parametrize("shift, weight", [(-0.5, math.exp(0.5)), (-1.0, 2.0)])  # under the cap 2, and capped
+def test_truncated_importance_sampling_corrects_an_engine_that_samples_from_another_distribution(
+        tiny_dir, tiny_sft_dir, shift, weight):
+    plain = _mismatched_iteration(tiny_dir, tiny_sft_dir, shift, is_cap=None)
+    corrected = _mismatched_iteration(tiny_dir, tiny_sft_dir, shift, is_cap=2.0)
+    assert "is_ratio_mean" not in plain  # off: no weights, PPO as before
+    assert corrected["engine_logprob_gap_max"] == pytest.approx(-shift, abs=1e-4)
+    assert corrected["is_ratio_mean"] == pytest.approx(math.exp(-shift), rel=1e-4)
+    assert corrected["is_capped_frac"] == (1.0 if math.exp(-shift) > 2.0 else 0.0)
+    # one mini-batch, one step: the policy gradient is the plain one times the (uniform) truncated weight
+    assert corrected["actor_grad_norm"] == pytest.approx(weight * plain["actor_grad_norm"], rel=1e-4)
+    assert corrected["reward_raw"] == plain["reward_raw"] and corrected["value_loss"] == plain["value_loss"]

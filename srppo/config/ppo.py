@@ -82,6 +82,12 @@ class PPOConfig(Section):
     length_guard: float = Field(
         2.0, gt=1, description="Stop PPO if mean response length exceeds this multiple of the first buffer's "
         "while most responses are truncated: the Appendix E failure mode.")
+    is_cap: float | None = Field(
+        2.0, gt=0, description="Off-policy correction when the rollout engine's log-probs are not the trainer's "
+        "(vLLM, in bf16 or with its own kernels): each token's policy loss is weighted by min(pi_old / mu, is_cap), "
+        "pi_old the trainer's and mu the engine's probability of the sampled token (truncated importance sampling, "
+        "as TRL and verl apply it; the ratio's mean, min, max, p99 and capped share go to the metrics). The hf "
+        "engine samples from the trainer's own model: no weights. null = off.")
     kl_ceiling: float | None = Field(
         25.0, gt=0, description="Fail the run (nothing saved) when a buffer's mean KL to p_SFT, in nats per "
         "response, exceeds this: checked on every iteration's samples and on the final actor's own samples after "

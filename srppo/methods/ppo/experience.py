@@ -33,6 +33,7 @@ class Experience:
     advantages: torch.Tensor   # (B, T-1)
     returns: torch.Tensor      # (B, T-1)
     info: dict = field(default_factory=dict)
+    is_weights: torch.Tensor | None = None  # (B, T-1) truncated importance weights (engine != trainer), or None
 
     @property
     def mask(self) -> torch.Tensor:

@@ -29,7 +29,7 @@ from srppo.methods.ppo.experience import (
     logprob_gap,
     make_experience,
 )
-from srppo.methods.ppo.losses import kl_penalty, masked_mean, policy_loss, value_loss
+from srppo.methods.ppo.losses import kl_penalty, masked_mean, policy_loss, truncated_is_weights, value_loss
 from srppo.models.logprobs import token_logprobs
 from srppo.rollout.engine import SamplingParams
 from srppo.runtime import distributed, health
@@ -167,6 +167,10 @@ class PPOTrainer:
                                   logp_old=from_engine if reuse else None)
         if from_engine is not None and not reuse:
             exp.info.update(logprob_gap(from_engine, exp.logp_old, exp.mask))
+            if self.cfg.is_cap is not None:  # the engine sampled from another distribution than pi_old: correct it
+                exp.is_weights, is_info = truncated_is_weights(exp.logp_old, from_engine, exp.mask.float(),
+                                                               self.cfg.is_cap)
+                exp.info.update(is_info)
         exp.info["repetitive_share"] = health.repetitive_share([g.response_ids for g in gens])
         # with the engine's log-probs as logp_old, the first actor forward (before any step) checks them
         self._gap_pending = reuse
@@ -235,7 +239,8 @@ class PPOTrainer:
             if self._gap_pending:  # the actor is still the sampling policy here
                 exp.info.update(logprob_gap(logp.detach(), cut(exp.logp_old), mask))
                 self._gap_pending = False
-            loss, metrics = policy_loss(logp, cut(exp.logp_old), cut(exp.advantages), mask, self.cfg.clip_eps)
+            loss, metrics = policy_loss(logp, cut(exp.logp_old), cut(exp.advantages), mask, self.cfg.clip_eps,
+                                        None if exp.is_weights is None else cut(exp.is_weights))
             _check_finite("policy loss", loss, exp, self.dump_dir)
             metrics["entropy"] = masked_mean(entropy, mask).item()
             return loss, metrics
