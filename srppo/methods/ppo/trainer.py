@@ -196,7 +196,8 @@ class PPOTrainer:
     def probe(self, prompts: list[list[int]]) -> dict:
         """The final actor on prompts it has not trained on (after its last update): its own samples' KL to p_SFT
         (nats per response, the k1 estimate PPO's penalty uses), their repetitive share, and the finiteness of
-        its log-probs. Costs one engine call and two forwards."""
+        its log-probs. Costs one engine call and one forward (two where the engine's log-probs are not the
+        actor's)."""
         if self.actor_changed:
             with distributed.gathered(self.roles.actor):
                 self.engine.sync_weights(self.roles.actor)
