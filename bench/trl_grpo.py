@@ -9,7 +9,9 @@ lr 1e-5 with grad-norm clip 1, 8 rollouts per optimizer step and 2 steps per gen
 steps_per_generation), one pass (num_iterations 1), KL coefficient 0.2 to p_SFT (TRL: beta, in the
 loss; srppo: in the reward). TRL at its best CPU setting: bf16 (accelerate's autocast over fp32
 weights) where the CPU has bf16 matrix units, as srppo's `runtime.precision: auto` does, fp32
-elsewhere; gradient checkpointing (on by default in TRL) off: nothing here needs the memory.
+elsewhere; the attention kernel srppo's `runtime.attention: auto` picks (eager on a CPU, faster there at
+these lengths) for its policy and reference models; gradient checkpointing (on by default in TRL) off:
+nothing here needs the memory.
 The reward is srppo's own `score()` (p_SFT and p_PT forwards, under the same autocast) with the
 calibrated normaliser, so both sides pay for the same reward model (which runs each distinct
 prompt's forward once per group of samples).
@@ -71,6 +73,8 @@ def coherent_reward_fn(tok, sft, pt, normalizer, max_new: int):
 def grpo_config(shape: dict, out_dir: str, bf16: bool):
     from trl import GRPOConfig
 
+    from srppo.models.loading import resolve_attention
+
     steps_per_gen = shape["buffer"] // shape["mini_batch_size"]
     return GRPOConfig(
         output_dir=out_dir, use_cpu=True, bf16=bf16, fp16=False, gradient_checkpointing=False,
@@ -79,7 +83,8 @@ def grpo_config(shape: dict, out_dir: str, bf16: bool):
         max_steps=shape["iterations"] * steps_per_gen, max_completion_length=shape["max_new_tokens"],
         temperature=1.0, top_p=1.0, top_k=0, learning_rate=1e-5, lr_scheduler_type="constant",
         warmup_steps=0, max_grad_norm=1.0, beta=0.2, shuffle_dataset=False, seed=0,
-        report_to=[], save_strategy="no", logging_steps=1000, disable_tqdm=True, dataloader_num_workers=0)
+        report_to=[], save_strategy="no", logging_steps=1000, disable_tqdm=True, dataloader_num_workers=0,
+        model_init_kwargs={"attn_implementation": resolve_attention("auto", torch.device("cpu"))})
 
 
 def run(quick: bool) -> dict:
