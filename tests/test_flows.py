@@ -142,8 +142,8 @@ def ui_form_parameters(schema: dict, preset: str, filled: dict) -> dict:
         fields = defs[prop["$ref"].split("/")[-1]]["properties"]
         return {k: form(f, typed.get(k, {})) if "$ref" in f else typed.get(k) for k, f in fields.items()}
 
-    return {"stages": None, "upstream": None, "remote": None, "record": True, "repo": ".", "preset": preset,
-            "overrides": form(schema["properties"]["overrides"], filled)}
+    return {"stages": None, "upstream": None, "remote": None, "record": True, "verify_cache": True, "repo": ".",
+            "preset": preset, "overrides": form(schema["properties"]["overrides"], filled)}
 
 
 def _wait_final(client, flow_run_id, timeout: float = 300):
