@@ -160,10 +160,12 @@ def pipeline(
     try:
         for name in chosen:
             inputs = pullable_inputs(graph, name)
+            if verify_cache and inputs:  # before a pull, which drops a corrupt object and calls it missing
+                dvcops.verify_cached(root, inputs, read_lock(root), print)
             if use_remote and inputs:
                 pull_inputs(root, name, inputs, remote)
-            if verify_cache and inputs:
-                dvcops.verify_cached(root, inputs, read_lock(root), print)
+                if verify_cache:  # what the pull brought (each object is hashed once per run)
+                    dvcops.verify_cached(root, inputs, read_lock(root), print)
             statuses[name] = run_stage(root, name).result()
             if use_remote and _outputs_present(root, graph[name]):
                 push_outputs(root, name, remote)
