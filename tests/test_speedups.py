@@ -169,15 +169,17 @@ def test_length_grouped_minibatches_cover_every_row_once(tiny_dir):
     assert lengths[[0, 2]].max() < lengths[[1, 3]].min()
 
 
-def _iteration(tiny_dir, tiny_sft_dir, logp_old: str) -> dict:
+def _iteration(tiny_dir, tiny_sft_dir, logp_old: str = "auto", mini_batch_size: int = 2, wrap=lambda e: e,
+               **ppo) -> dict:
+    """One PPO iteration on the tiny models; `wrap` dresses the hf engine (the mismatched engine below)."""
     tok = load_tokenizer(tiny_sft_dir)
     torch.manual_seed(0)
     roles = Roles(actor=load_causal_lm(tiny_sft_dir, CPU, torch.float32, trainable=True),
                   critic=load_value_model(tiny_sft_dir, CPU, torch.float32),
                   sft=load_causal_lm(tiny_sft_dir, CPU, torch.float32).eval(),
                   pt=load_causal_lm(tiny_dir, CPU, torch.float32).eval())
-    cfg = PPOConfig(actor_lr=1e-3, critic_lr=1e-3, mini_batch_size=2, logp_old=logp_old)
-    trainer = PPOTrainer(roles, make_engine("hf", roles.actor, tok, batch_size=4), tok, cfg,
+    cfg = PPOConfig(actor_lr=1e-3, critic_lr=1e-3, mini_batch_size=mini_batch_size, logp_old=logp_old, **ppo)
+    trainer = PPOTrainer(roles, wrap(make_engine("hf", roles.actor, tok, batch_size=4)), tok, cfg,
                          SamplingParams(max_new_tokens=8), RewardNormalizer(), forward_batch_size=2)
     torch.manual_seed(1)
     return trainer.iteration([encode_prompt(tok, m) for m in PROMPTS])
@@ -299,18 +301,8 @@ class MismatchedEngine:
 
 
 def _mismatched_iteration(tiny_dir, tiny_sft_dir, shift: float, is_cap: float | None) -> dict:
-    tok = load_tokenizer(tiny_sft_dir)
-    torch.manual_seed(0)
-    roles = Roles(actor=load_causal_lm(tiny_sft_dir, CPU, torch.float32, trainable=True),
-                  critic=load_value_model(tiny_sft_dir, CPU, torch.float32),
-                  sft=load_causal_lm(tiny_sft_dir, CPU, torch.float32).eval(),
-                  pt=load_causal_lm(tiny_dir, CPU, torch.float32).eval())
-    cfg = PPOConfig(actor_lr=1e-3, critic_lr=1e-3, mini_batch_size=8, is_cap=is_cap)
-    engine = MismatchedEngine(make_engine("hf", roles.actor, tok, batch_size=4), shift)
-    trainer = PPOTrainer(roles, engine, tok, cfg, SamplingParams(max_new_tokens=8), RewardNormalizer(),
-                         forward_batch_size=2)
-    torch.manual_seed(1)
-    return trainer.iteration([encode_prompt(tok, m) for m in PROMPTS])
+    return _iteration(tiny_dir, tiny_sft_dir, mini_batch_size=8, is_cap=is_cap,
+                      wrap=lambda engine: MismatchedEngine(engine, shift))
 
 
 @pytest.mark.parametrize("shift, weight", [(-0.5, math.exp(0.5)), (-1.0, 2.0)])  # under the cap 2, and capped

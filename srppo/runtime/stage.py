@@ -34,7 +34,7 @@ def load(params_path: str | Path = "params.yaml") -> Params:
     die_with_parent()
     overrides = os.environ.get(OVERRIDES_ENV, "")
     try:
-        data = Path(params_path).read_bytes() if Path(params_path).is_file() else b""
+        data = _file_bytes(Path(params_path))
         params = load_params(params_path, overrides)
         if overrides.strip():
             log("params", f"{params_path} with {OVERRIDES_ENV}={overrides}")
