@@ -167,7 +167,8 @@ def table(res: dict, d: dict, cmd: str) -> list[str]:
         ("matmul rate bf16 (same)" + (" = the ceiling of every MFU figure" if d["ceiling_dtype"] == "bf16" else ""),
          rate("bf16"), "–", "–", mm["command"]),
         (f"SFT training ({sft['steps']} steps of {sft['batch_size']}, first step excluded): default "
-         f"(autocast {sft['autocast']}) vs fp32", f"{sft['tokens_per_s']:.0f} vs {sft32['tokens_per_s']:.0f} tokens/s = "
+         f"(autocast {sft['autocast']}{', packed rows' if sft.get('packing') else ''}) vs fp32 (padded rows); tokens "
+         "without padding", f"{sft['tokens_per_s']:.0f} vs {sft32['tokens_per_s']:.0f} tokens/s = "
          f"{d['sft_speedup']:.2f}x", "≥ 2.5x", verdict(d["sft_speedup"] >= TARGETS["sft_speedup"]),
          f"{sft['command']}; {sft32['command']}"),
         ("SFT training MFU (6 × params × tokens)", f"{d['sft_mfu']:.0%} {ceil} (fp32 path: {d['sft_fp32_mfu']:.0%})",

@@ -107,15 +107,16 @@ def run_sft(quick: bool, precision: str = "auto") -> dict:
     from srppo.models.loading import load_causal_lm, load_tokenizer
 
     n_demos = 16 if quick else 48  # 6 steps of 8: ~1 minute on 2 cores
-    cfg = SFTConfig(epochs=1.0, checkpoint_every=0)
+    cfg = SFTConfig(epochs=1.0, checkpoint_every=0, packing=precision != "fp32")  # the path before: padded batches
     tok = load_tokenizer(BASE_DIR)
     encoded = encode_demos(tok, read_jsonl(DEMOS)[:n_demos], cfg.max_len)
     autocast = use_precision(precision)
     model = load_causal_lm(BASE_DIR, torch.device("cpu"), torch.float32, trainable=True)
     stamps = [time.perf_counter()]
     history = train_sft(model, tok, encoded, cfg, seed=0, on_step=lambda row: stamps.append(time.perf_counter()))
-    tokens = [h["tokens"] for h in history]  # cumulative attention-mask tokens (prompt + response)
+    tokens = [h["tokens"] for h in history]  # cumulative real tokens (prompt + response, no padding)
     return {"params": n_params(model), "steps": len(history), "batch_size": cfg.batch_size, "autocast": autocast,
+            "packing": cfg.packing,
             "final_loss": history[-1]["loss"],
             "first_step_s": stamps[1] - stamps[0], "tokens": tokens[-1] - tokens[0],
             "seconds": stamps[-1] - stamps[1], "tokens_per_s": (tokens[-1] - tokens[0]) / (stamps[-1] - stamps[1])}

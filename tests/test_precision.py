@@ -172,3 +172,30 @@ def test_sft_batches_group_similar_lengths_and_still_see_every_row_once_per_epoc
         assert sorted(rows) == list(range(96))
     assert fill(grouped) > 0.9 > fill(plain)
     assert [len(b) for _, b in grouped] == [len(b) for _, b in plain]
+
+
+def test_the_eval_answers_in_fp32_under_a_bf16_runtime_unless_asked(tiny_sft_dir, tmp_path):
+    """The eval is a measurement: greedy answers under bf16 autocast differ from fp32 ones often enough to move a
+    score (docs/results/precision-seeds.md), so by default it answers without autocast, and puts it back after."""
+    import json
+
+    from srppo.evaluation.run import evaluate_models
+
+    items = [{"id": f"u{i}", "family": "uppercase", "messages": m, "response": "OK.", "checks": [{"kind": "uppercase"}],
+              "group": "core", "report_group": "in_domain", "domain": "in"} for i, m in enumerate(PROMPTS)]
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(it) + "\n" for it in items))
+
+    def answers(process_dtype, eval_autocast):
+        params = Params.model_validate({"eval": {"models": ["sft"], "max_new_tokens": 12, "autocast": eval_autocast},
+                                        "rollouts": {"engine": "hf"}})
+        set_autocast_dtype(process_dtype)
+        result = evaluate_models(params, path, {"sft": str(tiny_sft_dir)}, CPU, torch.float32)
+        assert autocast_dtype() == process_dtype  # the stage's own setting is back
+        return result.results["sft"]["answered_in"], [r["response"] for r in result.responses]
+
+    fp32 = answers(None, False)
+    assert fp32[0] == "float32"
+    assert answers(torch.bfloat16, False) == fp32
+    assert answers(torch.bfloat16, True)[0] == "bfloat16"
+    assert Params().eval.autocast is False

@@ -317,3 +317,63 @@ def test_truncated_importance_sampling_corrects_an_engine_that_samples_from_anot
     # one mini-batch, one step: the policy gradient is the plain one times the (uniform) truncated weight
     assert corrected["actor_grad_norm"] == pytest.approx(weight * plain["actor_grad_norm"], rel=1e-4)
     assert corrected["reward_raw"] == plain["reward_raw"] and corrected["value_loss"] == plain["value_loss"]
+
+
+def _demos(tok, n=6):
+    from srppo.methods.sft import encode_demos
+
+    answers = ["Rain is water.", "Red, green and blue are three colours here.", "Hi!", "Waves fold; salt wind; gulls."]
+    return encode_demos(tok, [{"id": f"d{i}", "messages": PROMPTS[i % 4], "response": answers[i % 4] * (1 + i // 4)}
+                              for i in range(n)], max_len=128)
+
+
+def test_a_packed_batch_gives_the_padded_batchs_log_probs(tiny_sft_dir):
+    from srppo.data.batch import pack
+    from srppo.models.logprobs import packed_logprobs
+
+    tok = load_tokenizer(tiny_sft_dir)
+    model = load_causal_lm(tiny_sft_dir, CPU, torch.float32)
+    encoded = _demos(tok)
+    prompts, responses = [p for p, _ in encoded], [r for _, r in encoded]
+    padded = collate(prompts, responses, tok.pad_token_id)
+    with torch.no_grad():
+        expected = token_logprobs(model, padded)[padded.action_mask.bool()]
+        got = packed_logprobs(model, pack(prompts, responses))
+    assert got.shape == expected.shape == (sum(map(len, responses)),)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_sft_trains_packed_as_it_trains_padded(tiny_dir):
+    from srppo.config.params import SFTConfig
+    from srppo.methods.sft import train_sft
+
+    tok = load_tokenizer(tiny_dir)
+    encoded = _demos(tok, 8)
+    runs = {}
+    for packing in (True, False):
+        model = load_causal_lm(tiny_dir, CPU, torch.float32, trainable=True)
+        cfg = SFTConfig(epochs=3, lr=1e-3, batch_size=4, warmup_ratio=0.0, packing=packing)
+        runs[packing] = (train_sft(model, tok, encoded, cfg, seed=0), model)
+    (packed, packed_model), (padded, padded_model) = runs[True], runs[False]
+    assert [r["loss"] for r in packed] == pytest.approx([r["loss"] for r in padded], abs=1e-4)
+    # packed rows count only real tokens; padded rows count them too (attention mask), so the counts agree
+    assert [r["tokens"] for r in packed] == [r["tokens"] for r in padded]
+    for a, b in zip(packed_model.parameters(), padded_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_sft_falls_back_to_padding_when_the_models_attention_ignores_packing(tiny_dir, monkeypatch):
+    """transformers before 4.54 (or a model with its own mask code) does not read packed rows from position ids:
+    each row would see the rows before it. The start-up check notices and trains on padded batches."""
+    import transformers.masking_utils as masking
+    from srppo.methods import sft
+
+    tok = load_tokenizer(tiny_dir)
+    model = load_causal_lm(tiny_dir, CPU, torch.float32, trainable=True)
+    encoded = _demos(tok)
+    said = []
+    monkeypatch.setattr(sft, "log", lambda stage, msg: said.append(msg))
+    assert sft.packing_agrees(model, encoded[:2], tok.pad_token_id, CPU)
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
+    assert not sft.packing_agrees(model, encoded[:2], tok.pad_token_id, CPU)
+    assert "does not keep packed rows apart" in said[-1] and "training on padded batches" in said[-1]

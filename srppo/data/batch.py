@@ -73,3 +73,29 @@ def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -
         action[i, len(p) - 1 : len(p) + len(r) - 1] = 1.0  # logits at t predict token t+1
     first = min(len(p) for p in prompts) - 1
     return Batch(input_ids, attention, action, first)
+
+
+@dataclass
+class PackedBatch:
+    """Rows laid end to end in one sequence, each attending only to itself: no padding to compute.
+
+    `position_ids` restart at 0 with every row, and a forward given them without an attention mask keeps
+    each row's attention inside the row (transformers builds that block-diagonal causal mask from where
+    the positions restart). The same per-token log-probs as `collate`'s padded batch, for the tokens that
+    count; `srppo.models.logprobs.packed_logprobs` reads them."""
+    input_ids: torch.Tensor     # (1, N): every row's prompt + response, in order
+    position_ids: torch.Tensor  # (1, N): 0 .. len(row) - 1 for each row
+    targets: torch.Tensor       # (n,): positions t whose next token input_ids[t + 1] is a response token
+
+    def to(self, device) -> "PackedBatch":
+        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device))
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]]) -> PackedBatch:
+    ids, positions, targets = [], [], []
+    for p, r in zip(prompts, responses):
+        start = len(ids)
+        ids += p + r
+        positions += range(len(p) + len(r))
+        targets += range(start + len(p) - 1, start + len(p) + len(r) - 1)  # logits at t predict token t+1
+    return PackedBatch(torch.tensor([ids]), torch.tensor([positions]), torch.tensor(targets))

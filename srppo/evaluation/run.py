@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from srppo.evaluation.lmeval import ensure_punkt_tab, run_benchmarks
 from srppo.evaluation.testbed_eval import generate_responses, paired_over_prompts, score_items, summarise
 from srppo.models.loading import context_length, frozen, load_tokenizer
 from srppo.rollout.sampling import prompt_ids, rollout_engine
+from srppo.runtime.precision import autocast_dtype, full_precision
 from srppo.runtime.stage import Timer, log, progress
 
 
@@ -41,7 +42,8 @@ def evaluate_models(params, eval_path: str | Path, paths: dict[str, str], device
     """
     cfg = params.eval
     timer = timer or Timer("eval")
-    with _cache(cache_dir) as cache:
+    measuring = nullcontext() if cfg.autocast else full_precision()  # answers are a measurement
+    with _cache(cache_dir) as cache, measuring:
         items = _eval_items(eval_path, paths[cfg.models[0]], cfg.max_new_tokens, cache)
         judged = load_instructions(cfg.judge.instructions, cfg.judge.reference_field, cfg.judge.limit) \
             if cfg.judge.endpoint and cfg.judge.instructions else []
@@ -50,6 +52,7 @@ def evaluate_models(params, eval_path: str | Path, paths: dict[str, str], device
             with timer.phase(f"generate + check: {name}"):
                 rows, win = _answer(params, name, paths[name], items, judged, device, dtype)
             results[name] = summarise(rows)
+            results[name]["answered_in"] = str(autocast_dtype() or dtype).removeprefix("torch.")  # eval.autocast
             if judged:
                 results[name]["alpaca_eval"] = win
                 log("eval", f"{name}: win rate {win['win_rate']:.1f}, LC {win['lc_win_rate']:.1f} vs references")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from srppo.data.batch import Batch
+from srppo.data.batch import Batch, PackedBatch
 from srppo.runtime.precision import autocast
 
 
@@ -41,6 +41,18 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
     ent = logp.new_zeros(B, T - 1)
     ent[:, batch.first_action :] = ent_suffix
     return logp, ent * batch.action_mask
+
+
+def packed_logprobs(model, packed: PackedBatch) -> torch.Tensor:
+    """log p of each response token of a packed batch (srppo.data.batch.pack), in order: (n,).
+
+    No attention mask, so that transformers keeps attention within each row from `position_ids`; the LM
+    head runs only at the target positions."""
+    with autocast(packed.input_ids.device):
+        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, logits_to_keep=packed.targets)
+    logits = out.logits[0].float()  # (n, V)
+    del out
+    return -F.cross_entropy(logits, packed.input_ids[0, packed.targets + 1], reduction="none")
 
 
 def sequence_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

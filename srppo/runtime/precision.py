@@ -15,7 +15,7 @@ engine, the reward model) enter `autocast(device)`.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -66,6 +66,18 @@ def set_autocast_dtype(dtype: torch.dtype | None) -> None:
 
 def autocast_dtype() -> torch.dtype | None:
     return _autocast_dtype
+
+
+@contextmanager
+def full_precision():
+    """Inside: no autocast, whatever `runtime.precision` resolved to (models loaded inside keep fp32 weights).
+    For measurements, where bf16's rounding would be noise in the instrument rather than speed in training."""
+    saved = _autocast_dtype
+    set_autocast_dtype(None)
+    try:
+        yield
+    finally:
+        set_autocast_dtype(saved)
 
 
 def autocast(device: torch.device | str):
