@@ -33,7 +33,7 @@ from srppo.evaluation.compare import t_interval  # noqa: E402
 STAGES = ["sft", "calibrate", "rollouts", "ppo", "eval"]
 # the default path, and the path before it: fp32 matmuls and the transformers engine for every sampling stage
 PATHS = {"auto": "runtime.precision=auto rollouts.engine=auto",
-         "fp32": "runtime.precision=fp32 runtime.attention=sdpa rollouts.engine=hf sft.packing=false"}
+         "fp32": "runtime.precision=fp32 runtime.attention=sdpa rollouts.engine=hf runtime.packing=false"}
 # paths the cell writes (its own); everything else (data/base, data/prepared, the eval cache) is shared
 OWN = ("data/sft", "data/calibrate", "data/rollouts", "data/ppo", "data/eval", "metrics/", "reports/", "dvclive/",
        "plots/")

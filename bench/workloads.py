@@ -86,15 +86,18 @@ def run_matmul(quick: bool) -> dict:
 
 # -- (a) SFT training throughput ------------------------------------------------------------------
 def use_precision(precision: str) -> str | None:
-    """Set this process's mixed precision as `setup_runtime` would for `runtime.precision`, and the attention
-    kernel of the models loaded from now on (`fp32`: the path before both, fused SDPA; `auto`: the default's
-    `runtime.attention: auto`); the autocast dtype's name."""
+    """Set this process's mixed precision as `setup_runtime` would for `runtime.precision`, the attention
+    kernel of the models loaded from now on and packing (`fp32`: the path before all three, fused SDPA and
+    padded forwards; `auto`: the default's `runtime.attention: auto` and `runtime.packing`); the autocast
+    dtype's name."""
     from srppo.models.loading import resolve_attention, set_attention
+    from srppo.models.packing import set_packing
     from srppo.runtime.precision import resolve_precision, set_autocast_dtype
 
     dtype = resolve_precision(precision, torch.device("cpu"), torch.float32)
     set_autocast_dtype(dtype)
     set_attention(resolve_attention("sdpa" if precision == "fp32" else "auto", torch.device("cpu")))
+    set_packing(precision != "fp32")
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
@@ -105,9 +108,10 @@ def run_sft(quick: bool, precision: str = "auto") -> dict:
     from srppo.data.records import read_jsonl
     from srppo.methods.sft import encode_demos, train_sft
     from srppo.models.loading import load_causal_lm, load_tokenizer
+    from srppo.models.packing import packing
 
     n_demos = 16 if quick else 48  # 6 steps of 8: ~1 minute on 2 cores
-    cfg = SFTConfig(epochs=1.0, checkpoint_every=0, packing=precision != "fp32")  # the path before: padded batches
+    cfg = SFTConfig(epochs=1.0, checkpoint_every=0)
     tok = load_tokenizer(BASE_DIR)
     encoded = encode_demos(tok, read_jsonl(DEMOS)[:n_demos], cfg.max_len)
     autocast = use_precision(precision)
@@ -116,7 +120,7 @@ def run_sft(quick: bool, precision: str = "auto") -> dict:
     history = train_sft(model, tok, encoded, cfg, seed=0, on_step=lambda row: stamps.append(time.perf_counter()))
     tokens = [h["tokens"] for h in history]  # cumulative real tokens (prompt + response, no padding)
     return {"params": n_params(model), "steps": len(history), "batch_size": cfg.batch_size, "autocast": autocast,
-            "packing": cfg.packing,
+            "packing": packing(),
             "final_loss": history[-1]["loss"],
             "first_step_s": stamps[1] - stamps[0], "tokens": tokens[-1] - tokens[0],
             "seconds": stamps[-1] - stamps[1], "tokens_per_s": (tokens[-1] - tokens[0]) / (stamps[-1] - stamps[1])}
@@ -295,7 +299,8 @@ def run_ppo(quick: bool, estimator: str, variant: str = "default", precision: st
 
     shape = ppo_setup(quick, estimator)
     params = Params.model_validate(deep_merge({
-        "runtime": {"device": "cpu", "precision": precision, "attention": "sdpa" if precision == "fp32" else "auto"},
+        "runtime": {"device": "cpu", "precision": precision, "attention": "sdpa" if precision == "fp32" else "auto",
+                    "packing": precision != "fp32"},
         "ppo": {"estimator": estimator, "group_size": shape["group_size"], "mini_batch_size": shape["mini_batch_size"],
                 "iterations": shape["iterations"], "critic_warmup_buffers": 0, "checkpoint_every": 0,
                 "length_guard": 1e9},  # every iteration is measured, whatever the lengths do

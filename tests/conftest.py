@@ -56,8 +56,14 @@ def fp32_unless_a_test_sets_up_a_runtime():
     from srppo.models.loading import set_attention
     from srppo.runtime.precision import set_autocast_dtype
 
+    from srppo.models.packing import set_packing
+
     set_autocast_dtype(None)
+    set_packing(False)  # `runtime.packing` too: padded forwards unless a test packs or sets up a runtime
     set_attention(None)  # `runtime.attention` too: transformers' default kernel unless a test sets up a runtime
     yield
+    from srppo.models.packing import set_packing
+
     set_autocast_dtype(None)
+    set_packing(False)  # `runtime.packing` too: padded forwards unless a test packs or sets up a runtime
     set_attention(None)

@@ -53,8 +53,12 @@ def test_the_knob_is_validated_and_defaults_to_auto():
 
 
 def test_setup_runtime_sets_the_process_precision():
-    setup_runtime(RuntimeConfig(precision="fp32"))
-    assert autocast_dtype() is None
+    from srppo.models.packing import packing
+
+    setup_runtime(RuntimeConfig(precision="fp32", packing=False))
+    assert autocast_dtype() is None and not packing()
+    setup_runtime(RuntimeConfig())
+    assert packing()  # runtime.packing is on by default
     setup_runtime(RuntimeConfig(precision="auto"))
     assert autocast_dtype() == resolve_precision("auto", CPU, torch.float32)
     if not cpu_bf16_units():

@@ -319,6 +319,7 @@ def test_truncated_importance_sampling_corrects_an_engine_that_samples_from_anot
     assert corrected["reward_raw"] == plain["reward_raw"] and corrected["value_loss"] == plain["value_loss"]
 
 
+
 def _demos(tok, n=6):
     from srppo.methods.sft import encode_demos
 
@@ -327,53 +328,83 @@ def _demos(tok, n=6):
                               for i in range(n)], max_len=128)
 
 
-def test_a_packed_batch_gives_the_padded_batchs_log_probs(tiny_sft_dir):
-    from srppo.data.batch import pack
-    from srppo.models.logprobs import packed_logprobs
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_packed_forwards_give_the_padded_forwards_log_probs_entropies_and_values(tiny_sft_dir, temperature):
+    from srppo.models.packing import set_packing
 
     tok = load_tokenizer(tiny_sft_dir)
     model = load_causal_lm(tiny_sft_dir, CPU, torch.float32)
-    encoded = _demos(tok)
-    prompts, responses = [p for p, _ in encoded], [r for _, r in encoded]
-    padded = collate(prompts, responses, tok.pad_token_id)
-    with torch.no_grad():
-        expected = token_logprobs(model, padded)[padded.action_mask.bool()]
-        got = packed_logprobs(model, pack(prompts, responses))
-    assert got.shape == expected.shape == (sum(map(len, responses)),)
-    assert torch.allclose(got, expected, atol=1e-4)
+    critic = load_value_model(tiny_sft_dir, CPU, torch.float32)
+    torch.nn.init.normal_(critic.value_head.weight)  # a head that reads the hidden state (it starts at zero)
+    batch = collate([p for p, _ in _demos(tok)], [r for _, r in _demos(tok)], tok.pad_token_id)
+    out = {}
+    for on in (False, True):
+        set_packing(on)
+        with torch.no_grad():
+            out[on] = (*token_logprobs(model, batch, with_entropy=True, temperature=temperature),
+                       critic(batch.input_ids, batch.attention_mask) * batch.attention_mask)
+    for padded, packed in zip(out[False], out[True]):
+        assert padded.shape == packed.shape
+        assert torch.allclose(padded, packed, atol=1e-4), (padded - packed).abs().max()
+    assert out[True][0].abs().sum() > 0 and out[True][2].abs().sum() > 0
+
+
+def test_packed_gradients_are_the_padded_ones(tiny_sft_dir):
+    from srppo.models.packing import set_packing
+
+    tok = load_tokenizer(tiny_sft_dir)
+    batch = collate([p for p, _ in _demos(tok)], [r for _, r in _demos(tok)], tok.pad_token_id)
+    grads = {}
+    for on in (False, True):
+        set_packing(on)
+        model = load_causal_lm(tiny_sft_dir, CPU, torch.float32, trainable=True)
+        (token_logprobs(model, batch).sum() / batch.action_mask.sum()).backward()
+        grads[on] = [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(grads[False], grads[True]):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_sft_trains_packed_as_it_trains_padded(tiny_dir):
     from srppo.config.params import SFTConfig
     from srppo.methods.sft import train_sft
+    from srppo.models.packing import set_packing
 
     tok = load_tokenizer(tiny_dir)
     encoded = _demos(tok, 8)
     runs = {}
-    for packing in (True, False):
+    for on in (True, False):
+        set_packing(on)
         model = load_causal_lm(tiny_dir, CPU, torch.float32, trainable=True)
-        cfg = SFTConfig(epochs=3, lr=1e-3, batch_size=4, warmup_ratio=0.0, packing=packing)
-        runs[packing] = (train_sft(model, tok, encoded, cfg, seed=0), model)
+        runs[on] = (train_sft(model, tok, encoded, SFTConfig(epochs=3, lr=1e-3, batch_size=4, warmup_ratio=0.0),
+                              seed=0), model)
     (packed, packed_model), (padded, padded_model) = runs[True], runs[False]
     assert [r["loss"] for r in packed] == pytest.approx([r["loss"] for r in padded], abs=1e-4)
-    # packed rows count only real tokens; padded rows count them too (attention mask), so the counts agree
     assert [r["tokens"] for r in packed] == [r["tokens"] for r in padded]
     for a, b in zip(packed_model.parameters(), padded_model.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_sft_falls_back_to_padding_when_the_models_attention_ignores_packing(tiny_dir, monkeypatch):
-    """transformers before 4.54 (or a model with its own mask code) does not read packed rows from position ids:
-    each row would see the rows before it. The start-up check notices and trains on padded batches."""
+def test_a_model_whose_attention_ignores_packing_runs_padded(tiny_dir, monkeypatch):
+    """transformers before 4.54 (or a model with mask code of its own) does not read packed rows from position ids:
+    each row would see the rows before it. The first packed forward's check notices; the model runs padded."""
     import transformers.masking_utils as masking
-    from srppo.methods import sft
+    from srppo.models import packing
 
     tok = load_tokenizer(tiny_dir)
-    model = load_causal_lm(tiny_dir, CPU, torch.float32, trainable=True)
     encoded = _demos(tok)
+    batch = collate([p for p, _ in encoded], [r for _, r in encoded], tok.pad_token_id)
     said = []
-    monkeypatch.setattr(sft, "log", lambda stage, msg: said.append(msg))
-    assert sft.packing_agrees(model, encoded[:2], tok.pad_token_id, CPU)
+    monkeypatch.setattr(packing, "log", lambda stage, msg: said.append(msg))
+    packing.set_packing(True)
+    good = load_causal_lm(tiny_dir, CPU, torch.float32)
+    assert packing.packs(good, batch.input_ids, batch.attention_mask) and not said
     monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
-    assert not sft.packing_agrees(model, encoded[:2], tok.pad_token_id, CPU)
-    assert "does not keep packed rows apart" in said[-1] and "training on padded batches" in said[-1]
+    leaky = load_causal_lm(tiny_dir, CPU, torch.float32)
+    assert not packing.packs(leaky, batch.input_ids, batch.attention_mask)
+    assert "does not keep packed rows apart" in said[-1] and "run padded" in said[-1]
+    packing.set_packing(False)
+    with torch.no_grad():
+        padded = token_logprobs(leaky, batch)
+    packing.set_packing(True)
+    with torch.no_grad():
+        assert torch.equal(token_logprobs(leaky, batch), padded)  # the fallback: the same padded forward

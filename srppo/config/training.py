@@ -22,12 +22,6 @@ class SFTConfig(Section):
         "shuffled): 96 % of a forward's tokens real instead of 71 % on the default's demonstrations, SFT 1.4x "
         "faster. Off by default: on the testbed a row's length goes with its family, so grouped batches hold "
         "fewer families, and the default's training loss ended higher (third-epoch mean 0.96 against 0.77 ungrouped, both under bf16).")
-    packing: bool = Field(
-        True, description="Lay a micro-batch's rows end to end in one sequence, each row attending only to itself "
-        "(position ids restart per row): the same loss as a padded batch without computing the padding, so "
-        "the same training. On the default's demonstrations 30 % of a padded forward's tokens are padding and a "
-        "step is 1.3x faster packed. Checked at the start against the padded forward (no autocast, two rows); a model "
-        "whose attention ignores the restart falls back to padding, with a log line.")
     max_len: int = Field(256, ge=8, description="Prompt + response tokens; longer rows are an error.")
     overlength: Literal["error", "drop"] = Field(
         "error", description="A demonstration over max_len: 'error' stops before training, naming the row; "

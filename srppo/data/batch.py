@@ -75,27 +75,21 @@ def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -
     return Batch(input_ids, attention, action, first)
 
 
+
 @dataclass
 class PackedBatch:
-    """Rows laid end to end in one sequence, each attending only to itself: no padding to compute.
+    """A right-padded batch's rows laid end to end in one sequence, the padding left out.
 
-    `position_ids` restart at 0 with every row, and a forward given them without an attention mask keeps
-    each row's attention inside the row (transformers builds that block-diagonal causal mask from where
-    the positions restart). The same per-token log-probs as `collate`'s padded batch, for the tokens that
-    count; `srppo.models.logprobs.packed_logprobs` reads them."""
-    input_ids: torch.Tensor     # (1, N): every row's prompt + response, in order
+    `position_ids` restart at 0 with every row, and a transformers forward given them without an attention
+    mask keeps each row's attention inside the row (it builds that block-diagonal causal mask from where the
+    positions restart), so every row computes what it computes padded. `rows`/`cols` place each packed token
+    back in the padded layout."""
+    input_ids: torch.Tensor     # (1, N): every row's real tokens, row after row
     position_ids: torch.Tensor  # (1, N): 0 .. len(row) - 1 for each row
-    targets: torch.Tensor       # (n,): positions t whose next token input_ids[t + 1] is a response token
-
-    def to(self, device) -> "PackedBatch":
-        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device))
+    rows: torch.Tensor          # (N,): the padded batch's row of each packed token
+    cols: torch.Tensor          # (N,): and its column
 
 
-def pack(prompts: list[list[int]], responses: list[list[int]]) -> PackedBatch:
-    ids, positions, targets = [], [], []
-    for p, r in zip(prompts, responses):
-        start = len(ids)
-        ids += p + r
-        positions += range(len(p) + len(r))
-        targets += range(start + len(p) - 1, start + len(p) + len(r) - 1)  # logits at t predict token t+1
-    return PackedBatch(torch.tensor([ids]), torch.tensor([positions]), torch.tensor(targets))
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedBatch:
+    rows, cols = attention_mask.bool().nonzero(as_tuple=True)  # row-major: each row's tokens in order
+    return PackedBatch(input_ids[rows, cols][None], cols[None], rows, cols)

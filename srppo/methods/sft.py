@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from srppo.data.batch import collate, encode_prompt, encode_response, pack
+from srppo.data.batch import collate, encode_prompt, encode_response
 from srppo.data.records import DataError, read_jsonl
 from srppo.methods.ppo.losses import masked_mean
 from srppo.models import lora
@@ -24,9 +24,8 @@ from srppo.models.loading import (
     load_tokenizer,
     save_pretrained,
 )
-from srppo.models.logprobs import packed_logprobs, token_logprobs
+from srppo.models.logprobs import token_logprobs
 from srppo.runtime import distributed, health
-from srppo.runtime.precision import full_precision
 from srppo.runtime.distributed import Stepper
 from srppo.runtime.stage import Timer, log, progress, training_config
 
@@ -175,7 +174,6 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
     batches = list(micro_batches(len(encoded), cfg.batch_size, cfg.epochs, seed, lengths))
     total_steps = math.ceil(len(batches) / cfg.grad_accum)
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
-    packed = cfg.packing and packing_agrees(model, encoded[:2], tok.pad_token_id, device)
     model.train()
     history, accum, tokens, start = [], [], 0, 0
     saved = ckpt.restore({"model": model}, {"opt": stepper.optimizer}) if ckpt else None
@@ -185,7 +183,7 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
             on_step(row)
     for i in range(start, len(batches)):
         epoch, idx = batches[i]
-        loss, global_loss, n_tokens = _micro_batch_loss(model, tok, encoded, i, idx, device, packed=packed)
+        loss, global_loss, n_tokens = _micro_batch_loss(model, tok, encoded, i, idx, device)
         accum.append(global_loss)
         tokens += n_tokens
         boundary = len(accum) == cfg.grad_accum or i == len(batches) - 1
@@ -205,7 +203,7 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
             ckpt.maybe_save(len(history), {"model": model}, {"opt": stepper.optimizer},
                             lambda: {"history": history, "tokens": tokens, "next_micro": i + 1})
     if history:
-        check_final_health(model, tok, encoded, batches[0][1], history, device, packed)
+        check_final_health(model, tok, encoded, batches[0][1], history, device)
     return history
 
 
@@ -218,63 +216,33 @@ def check_step_health(row: dict, first_loss: float, vocab_size: int) -> None:
     health.check_blowup("sft", row["step"], "loss", row["loss"], first_loss, ADVICE, vocab_size)
 
 
-def check_final_health(model, tok, encoded, probe: list[int], history: list[dict], device, packed: bool) -> None:
+def check_final_health(model, tok, encoded, probe: list[int], history: list[dict], device) -> None:
     """After the last update: every weight finite, and the first batch's loss under the final model finite and
     not blown up against the same rows' loss at step 1 (the run's first loss, before any update)."""
     step = history[-1]["step"]
     health.check_parameters("sft", step, model, "the model", ADVICE)
     with torch.no_grad():
-        _, loss, _ = _micro_batch_loss(model, tok, encoded, -1, probe, device, check=False, packed=packed)
+        _, loss, _ = _micro_batch_loss(model, tok, encoded, -1, probe, device, check=False)
     health.check_finite("sft", step, ADVICE, **{"the final model's loss on the first batch": loss})
     health.check_blowup("sft", step, "the final model's loss on the first batch", loss, history[0]["loss"], ADVICE,
                         len(tok))
 
 
-def packing_agrees(model, rows: list[tuple], pad_id: int, device) -> bool:
-    """Whether `model` keeps a packed batch's rows apart (srppo.data.batch.pack), from two rows A and B: B's
-    response log-probs packed after A must equal them packed after A' (A with other tokens, same length) within
-    1e-3 nats, and B's log-probs alone in a padded batch within 0.05 nats on average (bf16 rounding). A model
-    whose attention ignores the restarting position ids lets B see A (on the default's p_SFT that moves B's
-    log-probs by up to 13 nats, 3.5 on average); sft.packing then falls back to padded batches."""
-    (pa, ra), (pb, rb) = rows[0], rows[-1]
-    other = [(t + 1) % (max(pa + ra + pb + rb) + 1) for t in pa + ra]  # A's length, other tokens
-    n = len(rb)
-    with torch.no_grad(), full_precision():
-        after_a = packed_logprobs(model, pack([pa, pb], [ra, rb]).to(device))[-n:]
-        after_other = packed_logprobs(model, pack([other[: len(pa)], pb], [other[len(pa):], rb]).to(device))[-n:]
-        alone = collate([pb], [rb], pad_id).to(device)
-        padded = token_logprobs(model, alone)[alone.action_mask.bool()]
-    leak = float((after_a - after_other).abs().max())
-    gap = float((after_a - padded).abs().mean())
-    if leak > 1e-3 or gap > 0.05:
-        log("sft", f"sft.packing: this model's attention does not keep packed rows apart (a row's log-probs move "
-                   f"by up to {leak:.3g} nats with the row before it, and differ by {gap:.3g} nats on average from "
-                   f"the padded forward); training on padded batches")
-        return False
-    return True
-
-
-def _micro_batch_loss(model, tok, encoded, i: int, idx: list[int], device, check: bool = True,
-                      packed: bool = False) -> tuple[torch.Tensor, float, int]:
+def _micro_batch_loss(model, tok, encoded, i: int, idx: list[int], device,
+                      check: bool = True) -> tuple[torch.Tensor, float, int]:
     """(this rank's scaled loss, the global token-mean loss, the global token count); `check`: a NaN/inf loss is
-    an error naming the micro-batch `i` and its rows. `packed`: the rows as one packed sequence (sft.packing),
-    else a right-padded batch."""
+    an error naming the micro-batch `i` and its rows."""
     mine = distributed.shard(idx)
     share_rows = mine or idx[:1]  # a rank without rows still runs the forward (ZeRO-3 gathers in lockstep)
-    prompts, responses = [encoded[j][0] for j in share_rows], [encoded[j][1] for j in share_rows]
-    if packed:
-        batch = pack(prompts, responses).to(device)
-        logp = packed_logprobs(model, batch)
-        loss, n_rows_tokens, n_actions = -logp.mean(), batch.input_ids.numel(), logp.numel()
-    else:
-        batch = collate(prompts, responses, tok.pad_token_id).to(device)
-        loss = -masked_mean(token_logprobs(model, batch), batch.action_mask)
-        n_rows_tokens, n_actions = int(batch.attention_mask.sum()), int(batch.action_mask.sum())
+    batch = collate([encoded[j][0] for j in share_rows], [encoded[j][1] for j in share_rows],
+                    tok.pad_token_id).to(device)
+    logp = token_logprobs(model, batch)  # packed under runtime.packing: the padding is not computed
+    loss = -masked_mean(logp, batch.action_mask)
     if check and not torch.isfinite(loss):
         raise FloatingPointError(f"SFT loss is {loss.item()} at micro-batch {i} (demo rows "
                                  f"{[j + 1 for j in share_rows]}); lower sft.lr")
-    n_local = float(n_actions) if mine else 0.0
+    n_local = float(batch.action_mask.sum()) if mine else 0.0
     n_global = distributed.all_sum(n_local)
     global_loss = distributed.all_sum(loss.item() * n_local) / max(n_global, 1.0)
-    tokens = int(distributed.all_sum(float(n_rows_tokens) if mine else 0.0))
+    tokens = int(distributed.all_sum(float(batch.attention_mask.sum()) if mine else 0.0))
     return loss * distributed.loss_share(n_local, n_global), global_loss, tokens

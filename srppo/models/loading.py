@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from srppo.config.params import BaseConfig, RuntimeConfig
+from srppo.models.packing import packed_outputs, packs, set_packing
 from srppo.runtime.precision import autocast, autocast_dtype, resolve_precision, set_autocast_dtype
 
 # Tulu-v2's template, for base models whose tokenizer has none (Mistral-7B, Llama-3-8B base).
@@ -64,6 +65,7 @@ def setup_runtime(rt: RuntimeConfig, return_freed_memory: bool = False) -> tuple
     except ValueError as err:
         raise ModelError(str(err)) from None
     set_attention(resolve_attention(rt.attention, device))
+    set_packing(rt.packing)
     return device, dtype
 
 
@@ -230,9 +232,7 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask):  # (B, T) -> (B, T)
-        with autocast(input_ids.device):
-            hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.value_head(hidden.float()).squeeze(-1).float()  # the head in fp32: it reads one number
+        return values(self.body, self.value_head, input_ids, attention_mask)
 
     def save(self, out_dir: Path) -> None:
         from safetensors.torch import save_file
@@ -243,6 +243,22 @@ class ValueModel(nn.Module):
         save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
                   str(out_dir / "value_head.safetensors"))
         (out_dir / "value_head.json").write_text(json.dumps({"hidden_size": self.config.hidden_size}))
+
+
+def values(body, head, input_ids, attention_mask):
+    """A critic's V per position, (B, T): `head` (in fp32: it reads one number) on `body`'s last hidden states.
+    Packed where runtime.packing says (srppo.models.packing), zero at the padding then."""
+    if packs(body, input_ids, attention_mask):
+        def forward(packed, where):
+            with autocast(input_ids.device):
+                hidden = body(input_ids=packed.input_ids, position_ids=packed.position_ids).last_hidden_state
+            return head(hidden[0, where].float()).squeeze(-1).float()
+
+        v, rows, cols = packed_outputs(forward, input_ids, attention_mask)
+        return v.new_zeros(input_ids.shape).index_put((rows, cols), v)
+    with autocast(input_ids.device):
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return head(hidden.float()).squeeze(-1).float()
 
 
 def load_value_model(sft_path: Path, device, dtype) -> ValueModel:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from srppo.data.batch import Batch, PackedBatch
+from srppo.data.batch import Batch
+from srppo.models.packing import packed_outputs, packs
 from srppo.runtime.precision import autocast
 
 
@@ -18,6 +19,8 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
     The LM head runs only on the suffix that holds responses (`logits_to_keep`): on a 135M model the
     head is ~20 % of the FLOPs and prompts are most of the sequence.
     """
+    if packs(model, batch.input_ids, batch.attention_mask):  # runtime.packing: no padding computed
+        return _packed_token_logprobs(model, batch, with_entropy, temperature)
     B, T = batch.input_ids.shape
     keep = T - batch.first_action  # positions first_action .. T-1 (the last predicts nothing)
     with autocast(batch.input_ids.device):  # bf16 matmuls where the chip has the units; logits upcast below
@@ -43,16 +46,30 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
     return logp, ent * batch.action_mask
 
 
-def packed_logprobs(model, packed: PackedBatch) -> torch.Tensor:
-    """log p of each response token of a packed batch (srppo.data.batch.pack), in order: (n,).
+def _packed_token_logprobs(model, batch: Batch, with_entropy: bool, temperature: float):
+    """token_logprobs on the batch's rows packed (srppo.models.packing): the LM head runs only where a logit
+    predicts a response token, and the results go back to the padded layout."""
+    B, T = batch.input_ids.shape
+    acting = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
+    acting[:, :-1] = batch.action_mask.bool()  # positions whose next token is a response token
 
-    No attention mask, so that transformers keeps attention within each row from `position_ids`; the LM
-    head runs only at the target positions."""
-    with autocast(packed.input_ids.device):
-        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, logits_to_keep=packed.targets)
-    logits = out.logits[0].float()  # (n, V)
-    del out
-    return -F.cross_entropy(logits, packed.input_ids[0, packed.targets + 1], reduction="none")
+    def forward(packed, where):
+        with autocast(batch.input_ids.device):
+            out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, logits_to_keep=where)
+        return out.logits[0].float(), packed.input_ids[0, where + 1]
+
+    (logits, labels), rows, cols = packed_outputs(forward, batch.input_ids, batch.attention_mask, acting)
+    if temperature != 1.0:
+        logits = logits / temperature
+    if with_entropy:
+        with torch.no_grad():  # a few hundred rows at a time: p * log p over the vocabulary is as large as the logits
+            ent_k = torch.cat([-(c.softmax(-1) * c.log_softmax(-1)).sum(-1) for c in logits.split(256)])
+    logp_k = -F.cross_entropy(logits, labels, reduction="none")
+    del logits
+    logp = logp_k.new_zeros(B, T - 1).index_put((rows, cols), logp_k) * batch.action_mask
+    if not with_entropy:
+        return logp
+    return logp, ent_k.new_zeros(B, T - 1).index_put((rows, cols), ent_k) * batch.action_mask
 
 
 def sequence_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from srppo.runtime.precision import autocast
+from srppo.models.loading import values
 
 ADAPTER_DIR = "adapter"  # inside an SFT output directory: the adapter next to the merged weights
 
@@ -175,10 +175,7 @@ class CriticRole(nn.Module):
 
     def forward(self, input_ids, attention_mask):  # (B, T) -> (B, T)
         with self._shared.route("critic") as model:
-            body = model.get_base_model().get_decoder()
-            with autocast(input_ids.device):
-                hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.value_head(hidden.float()).squeeze(-1).float()
+            return values(model.get_base_model().get_decoder(), self.value_head, input_ids, attention_mask)
 
     def parameters(self, recurse: bool = True):
         return iter([*self._shared.adapter_parameters("critic"), *self.value_head.parameters()])
