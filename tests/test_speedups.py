@@ -330,13 +330,16 @@ def _demos(tok, n=6):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_packed_forwards_give_the_padded_forwards_log_probs_entropies_and_values(tiny_sft_dir, temperature):
-    from srppo.models.packing import set_packing
+    from srppo.models.packing import packs, set_packing
 
     tok = load_tokenizer(tiny_sft_dir)
     model = load_causal_lm(tiny_sft_dir, CPU, torch.float32)
     critic = load_value_model(tiny_sft_dir, CPU, torch.float32)
     torch.nn.init.normal_(critic.value_head.weight)  # a head that reads the hidden state (it starts at zero)
     batch = collate([p for p, _ in _demos(tok)], [r for _, r in _demos(tok)], tok.pad_token_id)
+    set_packing(True)
+    assert packs(model, batch.input_ids, batch.attention_mask) and packs(critic.body, batch.input_ids,
+                                                                         batch.attention_mask)
     out = {}
     for on in (False, True):
         set_packing(on)
@@ -347,6 +350,21 @@ def test_packed_forwards_give_the_padded_forwards_log_probs_entropies_and_values
         assert padded.shape == packed.shape
         assert torch.allclose(padded, packed, atol=1e-4), (padded - packed).abs().max()
     assert out[True][0].abs().sum() > 0 and out[True][2].abs().sum() > 0
+
+
+def test_packing_is_left_out_where_it_would_not_pay(tiny_sft_dir):
+    from srppo.models import packing
+
+    tok = load_tokenizer(tiny_sft_dir)
+    model = load_causal_lm(tiny_sft_dir, CPU, torch.float32)
+    packing.set_packing(True)
+    even = collate([[5] * 20] * 4, [[6] * 10] * 4, tok.pad_token_id)  # no padding to save
+    assert not packing.packs(model, even.input_ids, even.attention_mask)
+    short, long = [7] * 20, [7] * (packing.MAX_PACKED // 2)
+    wide = collate([short, long, long], [[8, 9]] * 3, tok.pad_token_id)  # padded enough, but over MAX_PACKED
+    assert wide.attention_mask.float().mean() < 1 - packing.MIN_PADDING
+    assert int(wide.attention_mask.sum()) > packing.MAX_PACKED and not packing.packs(model, wide.input_ids,
+                                                                                      wide.attention_mask)
 
 
 def test_packed_gradients_are_the_padded_ones(tiny_sft_dir):

@@ -27,6 +27,15 @@ _setting = {"on": False}  # off until a stage's setup_runtime reads runtime.pack
 _checked: WeakKeyDictionary = WeakKeyDictionary()  # model -> whether it keeps packed rows apart
 
 
+# Pack only where it pays. The packed row attends over its whole length (a block-diagonal mask, computed in
+# full by the eager kernel), so its attention grows with the square of all rows' tokens together: on 2 CPU cores
+# an SFT micro-batch of 8 demonstrations (430 real tokens, 30 % padding) ran a step 1.3x faster packed, while PPO's
+# length-grouped mini-batches (480 tokens, 15 % padding) were no faster and the critic's values over a 16-row
+# buffer (1,000 tokens) 1.4x slower.
+MAX_PACKED = 512    # real tokens of the batch, at most
+MIN_PADDING = 0.25  # share of the padded batch that is padding, at least
+
+
 def set_packing(on: bool) -> None:
     _setting["on"] = bool(on)
 
@@ -36,9 +45,13 @@ def packing() -> bool:
 
 
 def packs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
-    """Whether this forward runs packed: packing on, some padding to save, and `model` keeps rows apart
-    (checked once per model, on the two longest rows of the first batch it gets)."""
-    if not _setting["on"] or attention_mask.shape[0] < 2 or bool(attention_mask.all()):
+    """Whether this forward runs packed: packing on, enough padding to save in a batch short enough to pay
+    (MIN_PADDING, MAX_PACKED), and `model` keeps rows apart (checked once per model, on the two longest rows of
+    the first batch it packs)."""
+    if not _setting["on"] or attention_mask.shape[0] < 2:
+        return False
+    real = int(attention_mask.sum())
+    if real > MAX_PACKED or real > (1 - MIN_PADDING) * attention_mask.numel():
         return False
     if model not in _checked:
         lengths = attention_mask.sum(-1)
