@@ -9,7 +9,12 @@
         --repo-url https://git.example.com/you/srppo.git
     prefect worker start --pool srppo-gpu          # on the GPU host (pip install prefect-docker)
 
-docs/orchestration.md explains the pools, the `gpu` concurrency limit and the shared DVC remote.
+    # the other nodes of a multi-node run (runtime.nnodes > 1), on the checkout the nodes share
+    python -m flows.deploy node --repo /shared/srppo --node-rank 1 --pool srppo-node1
+    prefect worker start --pool srppo-node1        # on node 1
+
+docs/orchestration.md explains the pools, the `gpu` concurrency limit and the shared DVC remote;
+docs/scale-out.md the nodes of a multi-node run.
 """
 
 from __future__ import annotations
@@ -41,6 +46,18 @@ def deploy_local(repo: Path, name: str = "local", pool: str = LOCAL_POOL) -> UUI
     ensure_gpu_limit()
     flow = pipeline.from_source(source=str(Path(repo).resolve()), entrypoint=ENTRYPOINT)
     return flow.deploy(name=name, work_pool_name=pool, description=_description("this checkout"))
+
+
+def deploy_node(repo: Path, node_rank: int, pool: str, name: str | None = None) -> UUID:
+    """A deployment of the node flow (flows/node.py) for node `node_rank` of a multi-node run, in `repo` (the
+    checkout on the file system the nodes share), picked up by a process worker on that node."""
+    from flows.node import node
+
+    ensure_pool(pool, "process")
+    flow = node.from_source(source=str(Path(repo).resolve()), entrypoint="flows/node.py:node")
+    return flow.deploy(name=name or f"node{node_rank}", work_pool_name=pool, parameters={"node_rank": node_rank},
+                       description=f"srppo: node {node_rank}'s processes of a multi-node stage (set `stage`), "
+                                   f"started with node 0's pipeline run")
 
 
 def deploy_image(pool: str, image: str, repo_url: str, branch: str | None = None, name: str = "gpu",
@@ -96,7 +113,17 @@ def main(argv: list[str] | None = None) -> None:
     image.add_argument("--name", default="gpu")
     image.add_argument("--build", action="store_true", help="build and push the image from ./Dockerfile")
     image.add_argument("--job-variables", type=json.loads, default=None, help="JSON, e.g. '{\"env\": {...}}'")
+    other = sub.add_parser("node", help="process work pool on another node of a multi-node run")
+    other.add_argument("--repo", type=Path, default=Path("."))
+    other.add_argument("--node-rank", type=int, required=True)
+    other.add_argument("--pool", required=True)
+    other.add_argument("--name")
     a = ap.parse_args(argv)
+    if a.kind == "node":
+        deployment_id = deploy_node(a.repo, a.node_rank, a.pool, a.name)
+        print(f"deployment {deployment_id}: run it with node 0's pipeline run, e.g. "
+              f"`prefect deployment run 'srppo-node/{a.name or f'node{a.node_rank}'}' -p stage=ppo`")
+        return
     if a.kind == "local":
         deployment_id = deploy_local(a.repo, a.name, a.pool)
     else:

@@ -26,7 +26,6 @@ from srppo.runtime.checkpoint import stage_checkpointer
 from srppo.runtime.stage import (
     Timer,
     beside_output,
-    checkpoint_interval,
     load,
     log,
     write_results,
@@ -77,7 +76,7 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
     coherent = params.reward.source == "coherent"
     ckpt = stage_checkpointer(out_dir, params, SECTIONS, [base_dir, sft_dir, prompts_path, norm_path, rollouts_dir,
                                                           *([] if coherent else [params.reward.model_path])],
-                              checkpoint_interval(params.runtime, params.ppo.checkpoint_every, "ppo"),
+                              params.ppo.checkpoint_every,
                               lambda msg: log("ppo", msg), params.ppo.checkpoint_min_seconds)
     with live_curves(live_dir, distributed.is_main()) as log_step:
         # warm-up rows under `warmup/`, so that their curves stay apart from the PPO iterations'

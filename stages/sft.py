@@ -17,7 +17,7 @@ from srppo.methods.sft import run_sft
 from srppo.models.loading import setup_runtime
 from srppo.runtime import distributed
 from srppo.runtime.checkpoint import stage_checkpointer
-from srppo.runtime.stage import Timer, checkpoint_interval, load, log, write_results
+from srppo.runtime.stage import Timer, load, log, write_results
 
 
 def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, report_path: str, live_dir: str) -> None:
@@ -27,7 +27,7 @@ def main(base_dir: str, demos_path: str, out_dir: str, metrics_path: str, report
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("sft")
     ckpt = stage_checkpointer(out_dir, params, ["runtime", "sft", "lora"], [base_dir, demos_path],
-                              checkpoint_interval(params.runtime, params.sft.checkpoint_every, "sft"),
+                              params.sft.checkpoint_every,
                               lambda msg: log("sft", msg), params.sft.checkpoint_min_seconds)
     with live_curves(live_dir, distributed.is_main()) as log_step:
         run = run_sft(params, base_dir, demos_path, device, dtype, ckpt=ckpt, timer=timer,

@@ -41,6 +41,10 @@ def test_fingerprint_follows_params_and_input_bytes_not_checkpoint_every(tmp_pat
     base = fp(Params())
     assert fp(Params(sft={"checkpoint_every": 3})) == base
     assert fp(Params(sft={"checkpoint_min_seconds": 0})) == base
+    # the nodes of one multi-node run differ in node_rank, and a restart may meet at another host
+    assert fp(Params(runtime={"node_rank": 1, "nnodes": 2, "num_processes": 2, "rendezvous": "h:29500",
+                              "deepspeed_config": "configs/deepspeed/zero2.json"})) == fp(Params(
+        runtime={"nnodes": 2, "num_processes": 2, "rendezvous": "other:1234", "deepspeed_config": "configs/deepspeed/zero2.json"}))
     assert fp(Params(sft={"lr": 1e-3})) != base
     f.write_text("b")
     assert fp(Params()) != base

@@ -30,10 +30,11 @@ SFT = ["python", "stages/sft.py", "data/base", "data/prepared/demos.jsonl"]
 PPO = ["python", "stages/ppo.py", "data/base", "data/sft", "data/prepared/ppo_prompts.jsonl",
        "data/calibrate/reward_norm.json", "data/rollouts"]
 # ZeRO-3 also shards the frozen p_SFT/p_PT, and its PPO run accumulates micro-batches of one sequence
-RUNS = {"single": {"runtime": {"num_processes": 1, "deepspeed_config": None}, "ppo": {"micro_batch_size": None}},
-        "zero2x2": {"runtime": {"num_processes": 2, "deepspeed_config": "configs/deepspeed/zero2.json"},
+ONE_NODE = {"nnodes": 1, "rendezvous": None}
+RUNS = {"single": {"runtime": {"num_processes": 1, "deepspeed_config": None, **ONE_NODE}, "ppo": {"micro_batch_size": None}},
+        "zero2x2": {"runtime": {"num_processes": 2, "deepspeed_config": "configs/deepspeed/zero2.json", **ONE_NODE},
                     "ppo": {"micro_batch_size": None}},
-        "zero3x2": {"runtime": {"num_processes": 2, "deepspeed_config": "configs/deepspeed/zero3.json"},
+        "zero3x2": {"runtime": {"num_processes": 2, "deepspeed_config": "configs/deepspeed/zero3.json", **ONE_NODE},
                     "ppo": {"micro_batch_size": 1}}}
 
 
@@ -110,3 +111,75 @@ def test_ppo_curves_match_single_process(repo):
     # the first warm-up pass to 1e-3; the second already follows critic updates, where Adam turns float noise
     # into lr-sized steps (assert_close): with the eager attention kernel its value loss moved 0.12 %
     assert_close(runs, rel=1e-3, strict_steps=1)
+
+
+def test_a_killed_zero3_ppo_run_resumes_from_its_sharded_checkpoint(repo):
+    """2 processes, ZeRO-3: SIGKILLed (the whole process group) after a mid-run checkpoint, then rerun. The
+    rerun loads DeepSpeed's shards of the weights and of both optimizers' states (their step counts are in the
+    log: not a fresh optimizer), every rank's RNG states and the history, and ends as the uninterrupted run."""
+    import signal
+    import time
+
+    long_run = {"ppo": {"iterations": 4, "checkpoint_min_seconds": 0}}
+    set_params(repo, long_run | {"ppo": {**long_run["ppo"], "checkpoint_every": 0}})
+    run_stage(repo, "zero3x2", PPO, ["ref/ppo", "ref/ppo.json", "ref/ppo_report.json", "ref/ppo_live"])
+    set_params(repo, {"ppo": {**long_run["ppo"], "checkpoint_every": 2}})
+    set_params(repo, RUNS["zero3x2"])
+    outs = [f"out/resumed/{o}" for o in ("ppo", "ppo.json", "ppo_report.json", "ppo_live")]
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    meta = repo / "out" / "resumed" / "checkpoints" / "ppo" / "latest" / "meta.json"
+    proc = subprocess.Popen([*PPO, *outs], cwd=repo, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (meta.exists() and json.loads(meta.read_text())["step"] >= 4) and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(meta.read_text())
+    assert killed_at["sharded"] and killed_at["world_size"] == 2
+    res = subprocess.run([*PPO, *outs], cwd=repo, capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    line = next(l for l in res.stderr.splitlines() if "resuming from checkpoint" in l)
+    assert f"at step {killed_at['step']}" in line, line
+    restored = dict(part.split() for part in line.split("optimizer steps restored: ")[1].rstrip(")").split(", "))
+    assert int(restored["actor"]) > 0 and int(restored["critic"]) > 0, line  # not a fresh optimizer
+    keys = ["reward_raw", "kl", "policy_loss", "value_loss", "response_length", "clip_frac"]
+    ref, resumed = (curve(repo / "out" / d, keys) for d in ("zero3x2/ref/ppo_live", "resumed/ppo_live"))
+    assert len(ref) == len(resumed) == 6  # 2 warm-up passes + 4 PPO iterations
+    assert_close({"single": ref, "resumed": resumed}, rel=1e-3)
+    assert not (repo / "out" / "resumed" / "checkpoints" / "ppo").exists()  # cleared once the outputs are written
+    set_params(repo, {"ppo": {"iterations": 2, "checkpoint_every": 4}})
+
+
+def test_two_nodes_on_loopback_reproduce_the_two_process_curves(repo):
+    """runtime.nnodes = 2 with one process each, on one machine: node 0 runs the stage as the pipeline flow does
+    (`dvc repro`), node 1 runs the node flow (a real Prefect flow run), both with the same params.yaml; they meet
+    at node 0's rendezvous and train as one node with two processes does."""
+    import socket
+
+    from conftest import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_stage(repo, "zero2x2", SFT, ["nodes_ref/sft", "nodes_ref/sft.json", "nodes_ref/sft_report.json",
+                                      "nodes_ref/sft_live"])
+    set_params(repo, {"runtime": {"num_processes": 1, "nnodes": 2, "rendezvous": f"127.0.0.1:{port}",
+                                  "deepspeed_config": "configs/deepspeed/zero2.json"}})
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "PYTHONPATH": str(ROOT)}
+    nodes = [subprocess.Popen(["dvc", "repro", "-s", "-f", "sft"], cwd=repo, env={**env, "NODE_RANK": "0"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+             subprocess.Popen([sys.executable, "-m", "flows.node", "sft", "--node-rank", "1", "--repo", str(repo)],
+                              cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    logs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "--nnodes=2 --node_rank=1" in logs[1] and f"--master_port={port}" in logs[1]
+    assert json.loads((repo / "reports" / "sft.json").read_text())["processes"] == 2
+    runs = {"single": curve(repo / "out" / "zero2x2" / "nodes_ref" / "sft_live", ["loss", "grad_norm"]),
+            "nodes": curve(repo / "dvclive" / "sft", ["loss", "grad_norm"])}
+    assert len(runs["single"]) == 4
+    assert_close(runs, rel=1e-3)
+    set_params(repo, {"runtime": ONE_NODE})

@@ -47,16 +47,16 @@ class Params(Section):
         if self.rollouts.buffer_size % self.ppo.group_size:
             raise ValueError(f"rollouts.buffer_size ({self.rollouts.buffer_size}) must be a multiple of "
                              f"ppo.group_size ({self.ppo.group_size}): a buffer holds whole groups of samples")
-        n = self.runtime.num_processes
+        n = self.runtime.world_size
         if self.sft.batch_size < n or self.ppo.mini_batch_size % n:
-            raise ValueError(f"with runtime.num_processes={n}, sft.batch_size ({self.sft.batch_size}) must be at "
+            raise ValueError(f"with {n} processes (runtime.num_processes x nnodes), sft.batch_size ({self.sft.batch_size}) must be at "
                              f"least {n} and ppo.mini_batch_size ({self.ppo.mini_batch_size}) a multiple of it")
         if self.reward.source == "model" and self.ppo.reward_mode == "token":
             raise ValueError("ppo.reward_mode='token' is the coherent reward's per-token log-ratio: it needs "
                              "reward.source='coherent'")
         if self.lora.enabled and (n > 1 or self.rollouts.engine == "vllm"):
             raise ValueError("lora.enabled runs in one process with rollouts.engine='hf' (the roles share one base "
-                             f"model in memory); got runtime.num_processes={n}, rollouts.engine='{self.rollouts.engine}'")
+                             f"model in memory); got {n} processes, rollouts.engine='{self.rollouts.engine}'")
         if self.ppo.logp_old == "engine" and self.rollouts.top_p < 1:
             raise ValueError("ppo.logp_old='engine' needs rollouts.top_p = 1: under top-p the engine's log-probs "
                              "are the renormalised nucleus's, not the distribution PPO's ratio uses")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -40,18 +42,40 @@ class RuntimeConfig(Section):
     num_processes: int = Field(
         1, ge=1, description="Training processes for the sft and ppo stages (one per GPU). Above 1 the stage "
         "relaunches itself under `launcher` and needs `deepspeed_config`.")
+    nnodes: int = Field(
+        1, ge=1, description="Nodes of a multi-node run, each starting num_processes processes: the world is "
+        "nnodes x num_processes ranks. Every node runs the same stage command; torchrun joins them at "
+        "`rendezvous` (docs/scale-out.md).")
+    node_rank: int | None = Field(
+        None, ge=0, description="This node's index, 0 .. nnodes - 1; node 0 holds rank 0, which writes the outputs. "
+        "null = the NODE_RANK environment variable (as a scheduler sets it per node), else 0.")
+    rendezvous: str | None = Field(
+        None, description="host:port of node 0, where the nodes meet (torchrun's master address and port); "
+        "needed when nnodes > 1.")
     launcher: Literal["torchrun", "deepspeed"] = Field(
-        "torchrun", description="What starts the processes: torchrun (one node) or deepspeed (hostfile).")
+        "torchrun", description="What starts the processes: torchrun (one node, or nnodes with a rendezvous) or "
+        "deepspeed (its hostfile).")
     deepspeed_config: str | None = Field(
         None, description="DeepSpeed JSON (configs/deepspeed/zero2.json, zero3.json, zero3_offload.json); "
         "batch size, accumulation, clipping and dtype are filled from params. null = plain torch.")
 
     @model_validator(mode="after")
     def _multi_process_needs_deepspeed(self):
-        if self.num_processes > 1 and not self.deepspeed_config:
-            raise ValueError("runtime.num_processes > 1 needs runtime.deepspeed_config "
+        if self.world_size > 1 and not self.deepspeed_config:
+            raise ValueError("runtime.num_processes > 1 (or nnodes > 1) needs runtime.deepspeed_config "
                              "(e.g. configs/deepspeed/zero2.json)")
+        if self.nnodes > 1 and (self.launcher != "torchrun" or not self.rendezvous
+                                or not re.fullmatch(r"[^:\s]+:\d+", self.rendezvous)):
+            raise ValueError(f"runtime.nnodes={self.nnodes} needs launcher: torchrun and rendezvous: host:port of "
+                             f"node 0 (got launcher={self.launcher!r}, rendezvous={self.rendezvous!r}); with "
+                             f"launcher: deepspeed, list the nodes in its hostfile and leave nnodes at 1")
+        if self.node_rank is not None and self.node_rank >= self.nnodes:
+            raise ValueError(f"runtime.node_rank={self.node_rank} must be below runtime.nnodes={self.nnodes}")
         return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.num_processes
 
 
 class BaseConfig(Section):

@@ -176,7 +176,8 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
     model.train()
     history, accum, tokens, start = [], [], 0, 0
-    saved = ckpt.restore({"model": model}, {"opt": stepper.optimizer}) if ckpt else None
+    engines = {"model": stepper.engine}  # under DeepSpeed: its sharded checkpoints (None: plain files)
+    saved = ckpt.restore({"model": model}, {"opt": stepper.optimizer}, engines) if ckpt else None
     if saved:
         history, tokens, start = saved["history"], saved["tokens"], saved["next_micro"]
         for row in history if on_step else []:  # the restored steps first, so on_step sees every step
@@ -201,7 +202,7 @@ def train_sft(model, tok, encoded: list[tuple], cfg, seed: int,
             on_step(row)
         if ckpt:
             ckpt.maybe_save(len(history), {"model": model}, {"opt": stepper.optimizer},
-                            lambda: {"history": history, "tokens": tokens, "next_micro": i + 1})
+                            lambda: {"history": history, "tokens": tokens, "next_micro": i + 1}, engines)
     if history:
         check_final_health(model, tok, encoded, batches[0][1], history, device)
     return history

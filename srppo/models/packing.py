@@ -10,7 +10,8 @@ also runs only at the positions that predict a response token.
 `runtime.packing` is a process setting, like the precision: `setup_runtime` sets it once per stage. Before a
 model's first packed forward, `keeps_rows_apart` checks that its attention really reads the restarting
 positions (a model with mask code of its own, or transformers before 4.54, lets each row see the rows before
-it); a model that fails is run padded, with a log line.
+it); a model that fails is run padded, with a log line. A model whose weights ZeRO-3 partitions never packs:
+its forwards run in lockstep on every rank, and whether a batch packs depends on each rank's own rows.
 """
 
 from __future__ import annotations
@@ -53,11 +54,19 @@ def packs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
     real = int(attention_mask.sum())
     if real > MAX_PACKED or real > (1 - MIN_PADDING) * attention_mask.numel():
         return False
+    if model not in _checked and _partitioned(model):
+        _checked[model] = False  # ZeRO-3: the check's extra forwards would break the ranks' lockstep
     if model not in _checked:
         lengths = attention_mask.sum(-1)
         a, b = (input_ids[r, : int(lengths[r])].tolist() for r in lengths.argsort(descending=True)[:2].tolist())
         _checked[model] = keeps_rows_apart(model, a, b, input_ids.device)
     return _checked[model]
+
+
+def _partitioned(model) -> bool:
+    """Whether ZeRO-3 partitions `model`'s weights: its forwards gather them from every rank, so all ranks must
+    run the same forwards, and whether a batch packs depends on this rank's rows."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def keeps_rows_apart(model, a: list[int], b: list[int], device) -> bool:

@@ -1,8 +1,9 @@
 """Multi-process training: relaunch under a launcher, DeepSpeed ZeRO optimizer steps, rank helpers.
 
 Layout of a distributed stage: every rank holds the same data and the same rollouts (a row-seeded
-engine such as vLLM samples 1/N of each buffer per rank, then the shares are exchanged) and computes
-the same experience; each global mini-batch is split across ranks, and each
+engine such as vLLM samples 1/N of each buffer per rank, then the shares are exchanged) and the same
+experience (each rank scores 1/N of the buffer's rows, and the shares are gathered: `gather_rows`);
+each global mini-batch is split across ranks, and each
 rank scales its loss so that DeepSpeed's gradient average equals the single-process gradient of the
 whole mini-batch (token-level mean over all ranks' tokens). The loss trajectory of N processes
 therefore matches one process up to float reduction order. Only rank 0 writes outputs.
@@ -44,21 +45,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_rank(runtime) -> int:
+    """This node's index: runtime.node_rank, else the NODE_RANK a scheduler sets per node, else 0."""
+    if runtime.node_rank is not None:
+        return runtime.node_rank
+    value = os.environ.get("NODE_RANK", "0")
+    if not value.isdigit() or int(value) >= runtime.nnodes:
+        raise ValueError(f"NODE_RANK={value!r}: expected a node index below runtime.nnodes={runtime.nnodes}")
+    return int(value)
+
+
 def launch_command(runtime, script: str, args: list[str]) -> list[str]:
+    """torchrun (or DeepSpeed's launcher) starting num_processes ranks of `script` on this node. Several nodes
+    (runtime.nnodes) meet at node 0's `rendezvous` (host:port) under torchrun's static rendezvous: node k's
+    processes are ranks k * num_processes .. (k + 1) * num_processes - 1, so rank 0 is on node 0."""
     n = runtime.num_processes
     if runtime.launcher == "deepspeed":  # reads a hostfile for multi-node; one node by default
         return ["deepspeed", f"--num_gpus={n}", f"--master_port={_free_port()}", script, *args]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}", script, *args]
+    if runtime.nnodes > 1:
+        host, port = runtime.rendezvous.rsplit(":", 1)
+        place = [f"--nnodes={runtime.nnodes}", f"--node_rank={node_rank(runtime)}", f"--master_addr={host}",
+                 f"--master_port={port}"]
+    else:
+        place = ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", *place, script, *args]
 
 
 def relaunch_if_needed(runtime, script: str, args: list[str]) -> None:
-    """With runtime.num_processes > 1, rerun this stage under the launcher and exit with its status.
+    """With several processes (runtime.num_processes x nnodes), rerun this stage under the launcher and exit with
+    its status.
 
     The DVC stage command stays `python stages/X.py ...`: the stage relaunches itself, so one
     dvc.yaml serves a laptop and an 8-GPU node.
     """
-    if runtime.num_processes <= 1 or os.environ.get(LAUNCHED) or "LOCAL_RANK" in os.environ:
+    if runtime.world_size <= 1 or os.environ.get(LAUNCHED) or "LOCAL_RANK" in os.environ:
         return
     env = {**os.environ, LAUNCHED: "1"}
     if not torch.cuda.is_available():
@@ -116,6 +136,25 @@ def _generate_share(engine, prompts: list[list[int]], sampling):
         for j, gen in enumerate(gens):
             out[r + j * world_size()] = gen
     return out
+
+
+def gather_rows(compute, lengths: torch.Tensor) -> torch.Tensor:
+    """`compute(idx)` for this rank's share of the rows, gathered into the whole result (row order) on every rank.
+
+    `lengths` (n,): each row's length. A rank's share is every world_size-th row in order of length (the shares
+    cost about the same), topped up with repeats to ceil(n / world_size) rows on every rank: ZeRO-3's forwards
+    run in lockstep, so every rank must make the same number of them. `compute` returns (len(idx), ...)."""
+    n, size = lengths.shape[0], -(-lengths.shape[0] // world_size())
+    order = torch.argsort(lengths, stable=True)
+    mine = order[rank() :: world_size()]
+    out = compute(torch.cat([mine, order[: size - len(mine)]]))  # the repeats' results are dropped below
+    parts = [torch.empty_like(out) for _ in range(world_size())]
+    dist.all_gather(parts, out.contiguous())
+    result = out.new_empty((n, *out.shape[1:]))
+    for r, part in enumerate(parts):
+        rows = order[r :: world_size()]
+        result[rows] = part[: len(rows)]
+    return result
 
 
 def loss_share(local_tokens: float, global_tokens: float) -> float:

@@ -158,9 +158,3 @@ def beside_output(out_dir: str | Path, kind: str) -> Path:
     return out.parent / kind / out.name
 
 
-def checkpoint_interval(runtime, every: int, stage: str) -> int:
-    # ZeRO shards weights and optimizer states across ranks: our single-file checkpoints cannot hold them
-    if runtime.deepspeed_config and every:
-        log(stage, "checkpoint_every is ignored under DeepSpeed: resume needs unsharded states")
-        return 0
-    return every

@@ -12,6 +12,7 @@ import torch
 
 from srppo.data.batch import Batch, collate, select_rows
 from srppo.models.logprobs import shared_prompt_logprobs, token_logprobs
+from srppo.runtime import distributed
 from srppo.rollout.engine import Generation
 from srppo.scoring.reward_model import reward_scores
 from srppo.scoring.rewards import coherent_reward
@@ -35,10 +36,24 @@ def in_chunks(fn, batch: Batch, rows: int | None) -> torch.Tensor:
     logits in one forward; chunks keep that to `rows` sequences at a time. Rows are chunked in order
     of length and each chunk is cut to its longest row (`select_rows`), so short sequences do not pay
     for the longest one's padding. `fn` returns (rows,) or (rows, width - 1) tensors.
+
+    Under several processes every rank holds the same batch: each computes its share of the rows
+    (`distributed.row_shares`) and the shares are gathered, so N ranks score a buffer N times faster and
+    every rank ends with the whole result.
     """
-    n, width = batch.input_ids.shape
+    if distributed.world_size() > 1:
+        return distributed.gather_rows(lambda idx: _in_chunks(fn, select_rows(batch, idx), rows, batch.input_ids.shape[1]),
+                                       batch.attention_mask.sum(-1))
+    return _in_chunks(fn, batch, rows)
+
+
+def _in_chunks(fn, batch: Batch, rows: int | None, width: int | None = None) -> torch.Tensor:
+    """in_chunks in one process; (rows, `width` - 1) results padded to `width` (default: the batch's)."""
+    n, own = batch.input_ids.shape
+    width = width or own
     if not rows or rows >= n:
-        return fn(batch)
+        out = fn(batch)
+        return torch.nn.functional.pad(out, (0, width - 1 - out.shape[1])) if out.dim() == 2 else out
     order = torch.argsort(batch.attention_mask.sum(-1), stable=True)
     parts = []
     for chunk in order.split(rows):

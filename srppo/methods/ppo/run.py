@@ -91,7 +91,8 @@ def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | No
     trainer, actor_to_save = _build(params, inputs, tok, device, dtype, timer, dump_dir)
     modules = {"actor": trainer.roles.actor, "critic": trainer.roles.critic}
     optims = {"actor": trainer.actor_opt, "critic": trainer.critic_opt}
-    restored = ckpt.restore(modules, optims) if ckpt else None
+    engines = {"actor": trainer.actor_step.engine, "critic": trainer.critic_step.engine}  # DeepSpeed's, or None
+    restored = ckpt.restore(modules, optims, engines) if ckpt else None
     history = (restored or {"history": []})["history"]
     trainer.actor_changed = restored is not None  # an engine with its own weights must pick up the resumed actor
     n_ppo = sum(h["phase"] == "ppo" for h in history)
@@ -102,7 +103,7 @@ def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | No
     batches = (stream or (lambda ids, start: prompt_stream(ids, per_buffer, params.runtime.seed, start,
                                                            str(inputs.prompts))))
     batches = batches([prompts[i] for i in own], n_ppo)  # prompt_stream checks the prompt count now
-    save = lambda: ckpt and ckpt.maybe_save(len(history), modules, optims, lambda: {"history": history})
+    save = lambda: ckpt and ckpt.maybe_save(len(history), modules, optims, lambda: {"history": history}, engines)
     emit = on_row or (lambda row: None)
     for row in history:  # a resumed run's restored rows first: the curves start at step 1
         emit(row)
