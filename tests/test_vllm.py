@@ -284,3 +284,22 @@ def test_the_vllm_requirements_are_vllm_cpus_own_but_the_fastapi_pin():
     assert fastapi.extras == {"standard"}  # vLLM's engine imports uvloop, which fastapi[standard] brings
     assert all(fastapi.specifier.contains(v) == prefect_needs.specifier.contains(v)
                for v in ("0.136.3", "0.139.0", "0.150.0")), (fastapi, prefect_needs)
+
+
+def test_the_gpu_images_vllm_requirements_keep_the_projects_torch_and_prefects_fastapi():
+    # requirements/vllm-cuda.txt (the Dockerfile's): CUDA vLLM's requirements next to Prefect, as vllm-cpu.txt on CPU
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    read = lambda name: {r.name: r for r in (Requirement(line) for line in (root / "requirements" / name).read_text()
+                                             .splitlines() if line.strip() and not line.startswith("#"))}
+    cuda, cpu = read("vllm-cuda.txt"), read("vllm-cpu.txt")
+    project = [Requirement(r) for r in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]]
+    assert str(cuda["torch"].specifier) == str(next(r for r in project if r.name == "torch").specifier)
+    assert cuda["fastapi"] == cpu["fastapi"]
+    assert "vllm" not in cuda  # installed --no-deps first, at the version these are the requirements of
+    dockerfile = (root / "Dockerfile").read_text()
+    assert "pip install --no-deps vllm==0.32.0" in dockerfile and "requirements/vllm-cuda.txt" in dockerfile
