@@ -1,4 +1,5 @@
-"""Scale-out on CPU (gloo): a buffer's scoring split across ranks gives a single process's experience."""
+"""Scale-out on CPU (gloo): a buffer's scoring split across ranks gives a single process's experience; a multi-node
+launch meets at node 0's rendezvous, and its settings are checked before any work."""
 
 import os
 import subprocess

@@ -382,13 +382,17 @@ def test_packed_gradients_are_the_padded_ones(tiny_sft_dir):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_sft_trains_packed_as_it_trains_padded(tiny_dir):
+def test_sft_trains_packed_as_it_trains_padded(tiny_dir, monkeypatch):
     from srppo.config.params import SFTConfig
     from srppo.methods.sft import train_sft
+    from srppo.models import logprobs
     from srppo.models.packing import set_packing
 
     tok = load_tokenizer(tiny_dir)
     encoded = _demos(tok, 8)
+    packed_forwards = []
+    real = logprobs._packed_token_logprobs
+    monkeypatch.setattr(logprobs, "_packed_token_logprobs", lambda *a: packed_forwards.append(1) or real(*a))
     runs = {}
     for on in (True, False):
         set_packing(on)
@@ -396,6 +400,7 @@ def test_sft_trains_packed_as_it_trains_padded(tiny_dir):
         runs[on] = (train_sft(model, tok, encoded, SFTConfig(epochs=3, lr=1e-3, batch_size=4, warmup_ratio=0.0),
                               seed=0), model)
     (packed, packed_model), (padded, padded_model) = runs[True], runs[False]
+    assert packed_forwards  # the packed run did pack its micro-batches
     assert [r["loss"] for r in packed] == pytest.approx([r["loss"] for r in padded], abs=1e-4)
     assert [r["tokens"] for r in packed] == [r["tokens"] for r in padded]
     for a, b in zip(packed_model.parameters(), padded_model.parameters()):

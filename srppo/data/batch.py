@@ -75,7 +75,6 @@ def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -
     return Batch(input_ids, attention, action, first)
 
 
-
 @dataclass
 class PackedBatch:
     """A right-padded batch's rows laid end to end in one sequence, the padding left out.

@@ -156,5 +156,3 @@ def beside_output(out_dir: str | Path, kind: str) -> Path:
     declared outputs before a run, and an output is written whole or not at all."""
     out = Path(out_dir)
     return out.parent / kind / out.name
-
-

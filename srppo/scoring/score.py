@@ -38,7 +38,7 @@ def in_chunks(fn, batch: Batch, rows: int | None) -> torch.Tensor:
     for the longest one's padding. `fn` returns (rows,) or (rows, width - 1) tensors.
 
     Under several processes every rank holds the same batch: each computes its share of the rows
-    (`distributed.row_shares`) and the shares are gathered, so N ranks score a buffer N times faster and
+    (`distributed.gather_rows`) and the shares are gathered, so N ranks score a buffer N times faster and
     every rank ends with the whole result.
     """
     if distributed.world_size() > 1:
