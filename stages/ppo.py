@@ -5,18 +5,21 @@ usage: python stages/ppo.py BASE_DIR SFT_DIR PROMPTS_JSONL NORM_JSON ROLLOUTS_DI
        LIVE_DIR
 Each critic warm-up buffer (under `warmup/`) and each PPO iteration goes to the DVCLive directory LIVE_DIR as
 it ends, numbered on one step counter; the panels of LIVE_DIR/curves.png are drawn at the end.
+With ppo.snapshots, the actor along the run goes to OUT_DIR/snapshots/<percent>/ too (staged while the run goes
+in OUT_DIR/../snapshots/<name>/, where a resumed run finds the ones it passed).
 Derived from OUT_DIR, next to it and not part of it: resumable checkpoints in OUT_DIR/../checkpoints/<name>
 (deleted when the stage succeeds) and, when a reward or loss turns NaN/inf, the offending batch in
 OUT_DIR/../debug/<name>/nonfinite_batch.pt (<name>: OUT_DIR's last component, e.g. data/debug/ppo/).
 """
 
+import shutil
 import sys
 from pathlib import Path
 
 from live_curves import live_curves
 
 from srppo.evaluation import plots
-from srppo.io import atomic_dir
+from srppo.io import atomic_dir, read_json, write_json
 from srppo.methods.ppo.run import PPOInputs, run_ppo
 from srppo.models.loading import save_pretrained, setup_runtime
 from srppo.models.lora import adapter_summary
@@ -65,6 +68,36 @@ def warmup_report(rows: list[dict]) -> dict:
             "warmup_heldout_explained_variance": last.get("heldout_explained_variance")}
 
 
+def snapshot_saver(staging: Path, run_fingerprint: str):
+    """on_snapshot for run_ppo: every rank gathers the actor (ZeRO-3), the main one writes it to staging/<name>
+    with the run's fingerprint, so that a later run with other params or inputs never picks it up."""
+    def save(name: str, iteration: int, actor, actor_to_save, tokenizer) -> None:
+        with distributed.gathered(actor), distributed.main_first() as main_rank:
+            if main_rank:
+                with atomic_dir(staging / name) as tmp:
+                    save_pretrained(actor_to_save(), tokenizer, tmp)
+                    write_json(tmp / "snapshot.json", {"fingerprint": run_fingerprint, "iteration": iteration})
+                log("ppo", f"snapshot {name} % (iteration {iteration}) saved")
+    return save
+
+
+def snapshot_report(staging: Path, run_fingerprint: str, ppo_rows: list[dict], final_check: dict,
+                    buffer_size: int) -> dict:
+    """{name: iteration, rollouts seen, KL to p_SFT} for each snapshot this run staged, and "100" for the final
+    actor. A snapshot's KL is that of its own samples: the next iteration's buffer (for the final actor: the final
+    check's samples on prompts it has not trained on), in nats per response."""
+    out = {}
+    for path in sorted(staging.glob("*/snapshot.json"), key=lambda p: int(p.parent.name)):
+        meta = read_json(path)
+        it = meta["iteration"]
+        if meta.get("fingerprint") == run_fingerprint and it < len(ppo_rows):
+            out[path.parent.name] = {"iteration": it, "rollouts": it * buffer_size, "kl": ppo_rows[it]["kl"],
+                                     "reward_raw": ppo_rows[it]["reward_raw"]}
+    out["100"] = {"iteration": len(ppo_rows), "rollouts": len(ppo_rows) * buffer_size, "kl": final_check.get("kl"),
+                  "reward_raw": None}
+    return out
+
+
 def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metrics_path, report_path,
          live_dir) -> None:
     params = load()
@@ -78,14 +111,20 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
                                                           *([] if coherent else [params.reward.model_path])],
                               params.ppo.checkpoint_every,
                               lambda msg: log("ppo", msg), params.ppo.checkpoint_min_seconds)
+    staging = beside_output(out_dir, "snapshots")
     with live_curves(live_dir, distributed.is_main()) as log_step:
         # warm-up rows under `warmup/`, so that their curves stay apart from the PPO iterations'
         run = run_ppo(params, inputs, device, dtype, ckpt=ckpt, timer=timer, dump_dir=beside_output(out_dir, "debug"),
-                      on_row=lambda row: log_step(row["step"], row, "warmup/" if row["phase"] == "warmup" else ""))
+                      on_row=lambda row: log_step(row["step"], row, "warmup/" if row["phase"] == "warmup" else ""),
+                      on_snapshot=snapshot_saver(staging, ckpt.fp))
+    snapshots = snapshot_report(staging, ckpt.fp, run.ppo_rows, run.final_check, params.rollouts.buffer_size)
     with timer.phase("save actor"), distributed.gathered(run.roles.actor), distributed.main_first() as main_rank:
         if main_rank:
             with atomic_dir(out_dir) as tmp:
                 save_pretrained(run.actor_to_save(), run.tokenizer, tmp)
+                for name in snapshots:
+                    if name != "100":
+                        shutil.copytree(staging / name, tmp / "snapshots" / name)
     run.close()  # after the save: vLLM's shutdown takes the process group with it
     if not distributed.is_main():
         return
@@ -106,9 +145,10 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         "tokens_per_s": sum(r["tokens_per_s"] for r in ppo_rows) / len(ppo_rows),
         "processes": distributed.world_size(), **engine_report(engines_used(), ppo_rows),
         **warmup_report(warmup_rows), "final_check": run.final_check,
-        "lora": adapter_summary(sft_dir) if params.lora.enabled else None}
+        "lora": adapter_summary(sft_dir) if params.lora.enabled else None, "snapshots": snapshots}
     write_results(metrics_path, report_path, summary(report), report, timer)
     ckpt.clear()
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":

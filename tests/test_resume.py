@@ -32,7 +32,7 @@ SMALL = {
     "sft": {"epochs": 10, "batch_size": 2, "checkpoint_every": 20, "checkpoint_min_seconds": 0},
     "rollouts": {"max_new_tokens": 8, "batch_size": 4, "buffer_size": 4, "n_buffers": 1},
     "ppo": {"iterations": 8, "critic_warmup_buffers": 1, "mini_batch_size": 2, "checkpoint_every": 3,
-            "checkpoint_min_seconds": 0},
+            "checkpoint_min_seconds": 0, "snapshots": [0.25, 0.5]},
 }
 
 
@@ -108,8 +108,9 @@ def result(repo: Path, stage: str, curves: str, keys: tuple[str, ...]) -> tuple:
     """What must survive a kill: the weights file, the curves, the metrics and the report (timings aside)."""
     metrics = json.loads((repo / f"metrics/{stage}.json").read_text())
     report = json.loads((repo / f"reports/{stage}.json").read_text())
+    snapshots = {p.parent.name: sha(p) for p in (repo / f"data/{stage}").glob("snapshots/*/model.safetensors")}
     return (sha(repo / f"data/{stage}/model.safetensors"), curve(repo / curves), metrics,
-            {k: report[k] for k in keys})
+            {k: report[k] for k in keys}, snapshots)
 
 
 def kill_and_resume_to_the_same_result(repo: Path, stage: str, curves: str, keys: tuple[str, ...]) -> None:
@@ -145,8 +146,17 @@ PPO_METRICS = ("iterations", "stopped_early", "reward_raw_first", "reward_raw_la
 
 
 def test_ppo_killed_resumes_to_identical_result(repo, tiny_sft_dir):
+    """With ppo.snapshots [0.25, 0.5] of 8 iterations: the actor after iterations 2 and 4 as well, the same
+    whether the run was killed between them or not, each with the KL of its own next samples."""
     write_ppo_inputs(repo, tiny_sft_dir)
-    kill_and_resume_to_the_same_result(repo, "ppo", "dvclive/ppo", PPO_METRICS)
+    kill_and_resume_to_the_same_result(repo, "ppo", "dvclive/ppo", (*PPO_METRICS, "snapshots"))
+    snapshots = json.loads((repo / "reports/ppo.json").read_text())["snapshots"]
+    assert {k: v["iteration"] for k, v in snapshots.items()} == {"25": 2, "50": 4, "100": 8}
+    ppo_rows = [r for r in live_rows(repo / "dvclive/ppo") if "policy_loss" in r]
+    assert snapshots["25"]["kl"] == pytest.approx(ppo_rows[2]["kl"])  # iteration 3 samples from snapshot 25
+    for name in ("25", "50"):
+        assert (repo / f"data/ppo/snapshots/{name}/config.json").exists()
+    assert not (repo / "data/snapshots/ppo").exists()  # the staging area goes once the stage has finished
 
 
 def test_checkpoint_of_other_params_is_ignored(repo):

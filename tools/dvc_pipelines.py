@@ -82,8 +82,8 @@ SCRIPTS = {
     "filter_demos": Script([("base_dir", "in"), ("sft_dir", "in"), ("demos", "in"), ("filter_dir", "out"),
                             ("metrics", "metrics"), ("report", "report")],
                            ["runtime", "data_filter", "rollouts.score_batch_size"]),
-    "compare": Script([("metrics_dir", "in"), ("results_dir", "results"), ("grid", "grid")], [],
-                      other_params={"grid.yaml": ["overlaps", "seeds"]}),
+    "compare": Script([("metrics_dir", "in"), ("reports_dir", "in"), ("live_dir", "in"), ("results_dir", "results"),
+                       ("grid", "grid")], [], other_params={"grid.yaml": ["overlaps", "cells", "token_cells", "filter_seed"]}),
 }
 
 
@@ -127,16 +127,17 @@ O, C = "${item.overlap}", "${item.overlap}-s${item.seed}"  # a setup's and a cel
 D, G = "comparison/data", "comparison"
 SEED = "runtime.seed=${item.seed}"
 # p_SFT is trained per cell, with the cell's seed, so that SFT's own seed variance enters every interval
-# of the table; the §5 data filter (one seed per setup) uses the first seed's cell: FIRST, FIRST_SEED.
+# of the table; the §5 data filter (one seed per setup) uses the cell of grid.yaml's filter_seed: FIRST.
 SFT = f"{D}/{C}/sft"
-FIRST, FIRST_SEED = f"{D}/{O}-s${{seeds[0]}}/sft", "runtime.seed=${seeds[0]}"
+FIRST, FIRST_SEED = f"{D}/{O}-s${{filter_seed}}/sft", "runtime.seed=${filter_seed}"
 RM = f"reward.source=model reward.model_path={D}/{C}/reward_model"
-CELL = {"overlap": "${overlaps}", "seed": "${seeds}"}
+GRID_PARAMS = "comparison/params.yaml"  # the grid's own params file (configs/fidelity.yaml's settings)
 
 
 def _cell(script: str, outs: dict, settings: str = "", extra: list[str] | None = None,
-          matrix: dict | None = None) -> tuple:
-    return script, outs, {"matrix": matrix or CELL, "set": settings, "deps": extra or []}
+          cells: str = "${cells}") -> tuple:
+    """A stage for each cell of `cells` (a grid.yaml mapping: name -> {overlap, seed})."""
+    return script, outs, {"foreach": cells, "set": settings, "deps": extra or []}
 
 
 def _results(cell: str, name: str, live: bool = False, png: bool = False) -> dict:
@@ -148,67 +149,107 @@ def _results(cell: str, name: str, live: bool = False, png: bool = False) -> dic
     return out
 
 
-def _ppo_method(prefix: str, settings: str, extra: list[str]) -> dict:
-    """calibrate -> rollouts -> ppo of one cell, as in the main pipeline (SRPPO, or RM-PPO with `settings`)."""
-    frozen = {"base_dir": "data/base", "sft_dir": SFT}
-    prompts = f"{D}/{O}/prepared/ppo_prompts.jsonl"
+FROZEN = {"base_dir": "data/base", "sft_dir": SFT}
+PROMPTS = f"{D}/{O}/prepared/ppo_prompts.jsonl"
+
+
+def _ppo_inputs(prefix: str, settings: str, extra: list[str]) -> dict:
+    """calibrate -> rollouts of one cell, as in the main pipeline: the reward's normaliser and the critic's
+    warm-up buffers, both from p_SFT's samples. Every PPO variant with the same reward shares them."""
     norm, rollouts = f"{D}/{C}/{prefix}/reward_norm.json", f"{D}/{C}/{prefix}/rollouts"
     return {
         f"{prefix}_calibrate": _cell("calibrate", {
-            **frozen, "calibration": f"{D}/{O}/prepared/calibration.jsonl", "prompts": prompts, "reward_norm": norm,
+            **FROZEN, "calibration": f"{D}/{O}/prepared/calibration.jsonl", "prompts": PROMPTS, "reward_norm": norm,
             **_results(C, f"{prefix}_calibrate", png=True)}, settings, extra),
         f"{prefix}_rollouts": _cell("rollouts", {
-            **frozen, "prompts": prompts, "rollouts_dir": rollouts, **_results(C, f"{prefix}_rollouts")},
+            **FROZEN, "prompts": PROMPTS, "rollouts_dir": rollouts, **_results(C, f"{prefix}_rollouts")},
             settings, extra),
-        prefix: _cell("ppo", {
-            **frozen, "prompts": prompts, "reward_norm": norm, "rollouts_dir": rollouts,
-            "out_dir": f"{D}/{C}/{prefix}/model", **_results(C, prefix, live=True)}, settings, extra),
     }
 
 
-COMPARISON = {
-    "prepare": ("prepare", {"prepared_dir": f"{D}/{O}/prepared", **_results(O, "prepare")},
-                {"foreach": True, "set": "prepare.overlap=${item.overlap}"}),
-    "sft": _cell("sft", {"base_dir": "data/base", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": SFT,
-                         **_results(C, "sft", live=True)}, SEED),
-    "sft_extended": _cell("sft", {
-        "base_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/sft_extended",
-        **_results(C, "sft_extended", live=True)}, f"{SEED} sft.epochs=${{sft_extended_epochs}}"),
-    "spin": _cell("spin", {"sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl",
-                                   "out_dir": f"{D}/{C}/spin", **_results(C, "spin", live=True)}, SEED),
-    "reward_model": _cell("reward_model", {
-        "sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/reward_model",
-        **_results(C, "reward_model", live=True)}, SEED),
-    **_ppo_method("srppo", SEED, []),
-    **_ppo_method("rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"]),
-    "eval": _cell("eval", {
-        "eval_items": f"{D}/{O}/prepared/eval.jsonl", "eval_dir": f"{D}/{C}/eval", **_results(C, "eval"),
-        "cache_dir": "data/cache/eval",
-        "models": {"sft": SFT, "sft_extended": f"{D}/{C}/sft_extended", "spin": f"{D}/{C}/spin",
-                   "rm_ppo": f"{D}/{C}/rm_ppo/model", "srppo": f"{D}/{C}/srppo/model"}},
-        f"{SEED} eval.models=[sft, sft_extended, spin, rm_ppo, srppo]"),
-    # The coherent reward as a data filter (§5): the top keep_fraction of the demonstrations by r(x, y)
-    # under this setup's p_SFT / p_PT, against a random subset of the same size, each fine-tuned from p_PT.
-    # One seed per setup, the grid's first: its cell's p_SFT scores the demonstrations and is the "all
-    # demonstrations" row, and the two subsets are trained with that seed too, so the three rows differ only
-    # in their data. Reusing that cell's p_SFT costs no extra SFT run and keeps one p_SFT per cell.
-    "filter": ("filter_demos", {"base_dir": "data/base", "sft_dir": FIRST,
-                                "demos": f"{D}/{O}/prepared/demos.jsonl", "filter_dir": f"{D}/{O}/filter",
-                                **_results(O, "filter")}, {"foreach": True, "set": FIRST_SEED}),
-    "sft_filtered": _cell("sft", {
-        "base_dir": "data/base", "demos": f"{D}/{O}/filter/${{item.subset}}.jsonl",
-        "out_dir": f"{D}/{O}/sft_${{item.subset}}", **_results(O, "sft_${item.subset}", live=True)}, FIRST_SEED,
-        matrix={"overlap": "${overlaps}", "subset": ["top", "random"]}),
-    "filter_eval": ("eval", {"eval_items": f"{D}/{O}/prepared/eval.jsonl", "eval_dir": f"{D}/{O}/filter_eval",
-                             **_results(O, "filter_eval"), "cache_dir": "data/cache/eval",
-                             "models": {"sft": FIRST, "sft_filtered": f"{D}/{O}/sft_top",
-                                        "sft_random": f"{D}/{O}/sft_random"}},
-                    {"foreach": True, "set": f"{FIRST_SEED} eval.models=[sft, sft_filtered, sft_random]"}),
-    # The tables and the bar plot: mean +- std over seeds per method and setup, and SRPPO's paired
-    # difference to each baseline per group of the testbed (in-domain, compositional, control, ...).
-    "table": ("compare", {"metrics_dir": f"{G}/metrics", "results_dir": f"{G}/results", "grid": f"{G}/grid.yaml"},
-              {}),
-}
+def _ppo(name: str, inputs: str, settings: str, extra: list[str] | None = None, cells: str = "${cells}") -> dict:
+    """PPO of one cell into data/<cell>/<name>/model, on the reward normaliser and buffers of `inputs`."""
+    return {name: _cell("ppo", {
+        **FROZEN, "prompts": PROMPTS, "reward_norm": f"{D}/{C}/{inputs}/reward_norm.json",
+        "rollouts_dir": f"{D}/{C}/{inputs}/rollouts", "out_dir": f"{D}/{C}/{name}/model",
+        **_results(C, name, live=True)}, settings, extra, cells)}
+
+
+# Each method's models are evaluated by a stage of their own (eval_<method>), so a method added to the grid,
+# or a cell's rerun, evaluates only its models. A PPO method's snapshots (ppo.snapshots) are evaluated with it.
+METHOD_MODELS = {"sft": SFT, "sft_extended": f"{D}/{C}/sft_extended", "spin": f"{D}/{C}/spin",
+                 "rm_ppo": f"{D}/{C}/rm_ppo/model", "srppo": f"{D}/{C}/srppo/model", "rloo": f"{D}/{C}/rloo/model"}
+PPO_METHODS = ("rm_ppo", "srppo", "rloo")
+
+
+def _eval(method: str, snapshot_names: list[str]) -> tuple:
+    models = {method: METHOD_MODELS[method]}
+    if method in PPO_METHODS:
+        models |= {f"{method}@{s}": f"{METHOD_MODELS[method]}/snapshots/{s}" for s in snapshot_names}
+    return _cell("eval", {"eval_items": f"{D}/{O}/prepared/eval.jsonl", "eval_dir": f"{D}/{C}/eval_{method}",
+                          **_results(C, f"eval_{method}"), "cache_dir": "data/cache/eval", "models": models},
+                 f"{SEED} eval.models=[{', '.join(models)}]")
+
+
+def comparison_table(snapshot_names: list[str]) -> dict:
+    """The grid's stages; `snapshot_names` (e.g. ["25", "50"]: the grid's ppo.snapshots) are evaluated too."""
+    return {
+        "prepare": ("prepare", {"prepared_dir": f"{D}/{O}/prepared", **_results(O, "prepare")},
+                    {"foreach": "${overlaps}", "set": "prepare.overlap=${item.overlap}"}),
+        "sft": _cell("sft", {"base_dir": "data/base", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": SFT,
+                             **_results(C, "sft", live=True)}, SEED),
+        "sft_extended": _cell("sft", {
+            "base_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/sft_extended",
+            **_results(C, "sft_extended", live=True)}, f"{SEED} sft.epochs=${{sft_extended_epochs}}"),
+        "spin": _cell("spin", {"sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl",
+                               "out_dir": f"{D}/{C}/spin", **_results(C, "spin", live=True)}, SEED),
+        "reward_model": _cell("reward_model", {
+            "sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/reward_model",
+            **_results(C, "reward_model", live=True)}, SEED),
+        # p_SFT's best-of-k by reward: the accuracy that choosing among its own samples buys at each KL, the
+        # frontier the PPO runs' snapshots are drawn against
+        "diagnose": _cell("diagnose", {**FROZEN, "prompts": f"{D}/{O}/prepared/eval.jsonl",
+                                       "diagnose_dir": f"{D}/{C}/diagnose", **_results(C, "diagnose")}, SEED),
+        **_ppo_inputs("srppo", SEED, []),
+        **_ppo("srppo", "srppo", SEED),
+        # SRPPO with a critic-free estimator (§5): RLOO's leave-one-out baseline over ppo.group_size samples of
+        # each prompt; the same reward, normaliser and prompts (its warm-up buffers go unread: no critic)
+        **_ppo("rloo", "srppo", f"{SEED} ppo.estimator=rloo ppo.group_size=4"),
+        # Appendix E: the token-wise coherent reward on the same budget, in the cells of grid.yaml's
+        # token_cells; ppo.length_guard stops it once responses blow up
+        **_ppo("srppo_token", "srppo", f"{SEED} ppo.reward_mode=token ppo.token_reward_ack=true", cells="${token_cells}"),
+        **_ppo_inputs("rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"]),
+        **_ppo("rm_ppo", "rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"]),
+        **{f"eval_{m}": _eval(m, snapshot_names) for m in METHOD_MODELS},
+        # The coherent reward as a data filter (§5): the top keep_fraction of the demonstrations by r(x, y)
+        # under this setup's p_SFT / p_PT, against a random subset of the same size, each fine-tuned from p_PT.
+        # One seed per setup, grid.yaml's filter_seed: its cell's p_SFT scores the demonstrations and is the "all
+        # demonstrations" row, and the two subsets are trained with that seed too, so the three rows differ only
+        # in their data. Reusing that cell's p_SFT costs no extra SFT run and keeps one p_SFT per cell.
+        "filter": ("filter_demos", {"base_dir": "data/base", "sft_dir": FIRST,
+                                    "demos": f"{D}/{O}/prepared/demos.jsonl", "filter_dir": f"{D}/{O}/filter",
+                                    **_results(O, "filter")}, {"foreach": "${overlaps}", "set": FIRST_SEED}),
+        "sft_filtered": ("sft", {
+            "base_dir": "data/base", "demos": f"{D}/{O}/filter/${{item.subset}}.jsonl",
+            "out_dir": f"{D}/{O}/sft_${{item.subset}}", **_results(O, "sft_${item.subset}", live=True)},
+            {"matrix": {"overlap": "${overlaps}", "subset": ["top", "random"]}, "set": FIRST_SEED}),
+        "filter_eval": ("eval", {"eval_items": f"{D}/{O}/prepared/eval.jsonl", "eval_dir": f"{D}/{O}/filter_eval",
+                                 **_results(O, "filter_eval"), "cache_dir": "data/cache/eval",
+                                 "models": {"sft": FIRST, "sft_filtered": f"{D}/{O}/sft_top",
+                                            "sft_random": f"{D}/{O}/sft_random"}},
+                        {"foreach": "${overlaps}", "set": f"{FIRST_SEED} eval.models=[sft, sft_filtered, sft_random]"}),
+        # The tables and the plots: mean +- std over seeds per method and setup, SRPPO's paired difference to
+        # each baseline per group of the testbed (in-domain, compositional, control, ...), accuracy against KL
+        # along the PPO runs, and the token-wise reward's response length (Appendix E).
+        "table": ("compare", {"metrics_dir": f"{G}/metrics", "reports_dir": f"{G}/reports",
+                              "live_dir": f"{G}/dvclive", "results_dir": f"{G}/results", "grid": f"{G}/grid.yaml"}, {}),
+    }
+
+
+def grid_snapshot_names(params: dict) -> list[str]:
+    """The snapshot names of the grid's params (ppo.snapshots: [0.25, 0.5] -> ["25", "50"])."""
+    fractions = ((params or {}).get("ppo") or {}).get("snapshots") or []
+    return [f"{round(100 * f):d}" for f in sorted(fractions)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,19 +373,21 @@ def stage(script_name: str, paths: dict, options: dict, params: dict, prefix: st
         elif kind == "grid":
             pass
         elif kind == "results":
-            outs += [_uncached(f"{value}/table.md"), _uncached(f"{value}/bars.png")]
+            outs += [_uncached(f"{value}/{name}") for name in RESULT_FILES]
             metrics.append(_uncached(f"{value}/summary.json"))
     code = code_deps(ROOT / "stages" / f"{script_name}.py")
     settings = options.get("set", "")
     # after `cd ..` (the grid), `exec`: the stage replaces the shell, so it is the child of `dvc repro` and dies
     # with it; a shell in between would outlive a killed `dvc repro` and keep the stage running
     # (srppo.runtime.stage.die_with_parent). A lone command is exec'd by the shell itself.
-    command = ((f'SRPPO_SET="{settings}" ' if settings else "") + ("exec " if prefix else "")
+    # the grid's stages read the grid's params file (SRPPO_PARAMS), listed as `params.yaml` relative to comparison/
+    command = ((f"SRPPO_PARAMS={GRID_PARAMS} " if prefix and script.params else "")
+               + (f'SRPPO_SET="{settings}" ' if settings else "") + ("exec " if prefix else "")
                + f"python stages/{script_name}.py " + " ".join(words))
     body = {"cmd": ("cd .. && " if prefix else "") + command,
             "deps": [rel(p) for p in [*code, *deps, *options.get("deps", []), *local_files(params, script.local_files)]]}
     if script.params:
-        body["params"] = [{"../params.yaml": script.params}] if prefix else list(script.params)
+        body["params"] = [{"params.yaml": list(script.params)}] if prefix else list(script.params)
     if script.other_params:
         body["params"] = [{path: keys} for path, keys in script.other_params.items()]
     body["outs"] = [rel(o) if isinstance(o, str) else {rel(next(iter(o))): next(iter(o.values()))} for o in outs]
@@ -353,18 +396,24 @@ def stage(script_name: str, paths: dict, options: dict, params: dict, prefix: st
     return body
 
 
+RESULT_FILES = ("table.md", "bars.png", "accuracy_kl.png", "appendix_e.png", "fidelity.md")
+
+
 def main_pipeline(params: dict) -> dict:
     return {"stages": {name: stage(script, paths, opts, params) for name, (script, paths, opts) in MAIN.items()},
             "plots": yaml.safe_load(PLOTS)}
 
 
 def comparison_pipeline(params: dict) -> dict:
+    """comparison/dvc.yaml from the grid's params (comparison/params.yaml)."""
     stages = {}
-    for name, (script, paths, opts) in COMPARISON.items():
+    for name, (script, paths, opts) in comparison_table(grid_snapshot_names(params)).items():
         body = stage(script, paths, opts, params, prefix="comparison")
-        if opts.get("foreach"):  # one stage per overlap setup: ${item} is the setup's name
+        if opts.get("foreach") == "${overlaps}":  # one stage per overlap setup: ${item} is the setup's name
             body = yaml.safe_load(yaml.safe_dump(body).replace("${item.overlap}", "${item}"))
             stages[name] = {"foreach": "${overlaps}", "do": body}
+        elif opts.get("foreach"):  # one stage per cell: ${key} its name, ${item.overlap} and ${item.seed}
+            stages[name] = {"foreach": opts["foreach"], "do": body}
         elif "matrix" in opts:
             stages[name] = {"matrix": opts["matrix"], **body}
         else:
@@ -391,15 +440,16 @@ MAIN_INTRO = """# The SRPPO pipeline: base -> prepare -> sft -> calibrate -> rol
 # runs; reports/<stage>.json: everything else the stage measured (timings, breakdowns, paths);
 # dvclive/<stage>/: per-step curves, written by DVCLive while the stage runs and drawn by `plots:` below.
 """
-COMPARISON_INTRO = """# The comparison grid (paper Tables 1-4): SFT, SFT (extended), SPIN, PPO with a preference reward model and
-# SRPPO, for each overlap setup x seed in grid.yaml. comparison/ is a DVC project of its own (comparison/.dvc:
-# the main project's cache and remote), so plain `dvc status`, `dvc pull` and `dvc exp` at the root see only
-# the main pipeline. Every stage runs a script of stages/ from the repository root (`cd ..`); paths in deps
-# and outs are relative to comparison/, the code and params.yaml are `../`. SRPPO_SET lays the cell's
-# settings over params.yaml (srppo/config/files.py: parse_overrides) and sits in the command, so DVC reruns
-# a cell when its settings change. p_PT (`../data/base`) comes from the main pipeline: `dvc repro base` at
-# the root first.
-#     cd comparison && dvc repro     ->  comparison/results/{table.md,bars.png,summary.json}
+COMPARISON_INTRO = """# The comparison grid (paper Tables 1-4, Appendix E): SFT, SFT (extended), SPIN, PPO with a preference reward
+# model, SRPPO and SRPPO with RLOO for each cell of grid.yaml (an overlap setup and a seed), the token-wise reward
+# in its token_cells. comparison/ is a DVC project of its own (comparison/.dvc: the main project's cache and
+# remote), so plain `dvc status`, `dvc pull` and `dvc exp` at the root see only the main pipeline. Its params
+# file is comparison/params.yaml (written from configs/fidelity.yaml), which the stages read through
+# SRPPO_PARAMS. Every stage runs a script of stages/ from the repository root (`cd ..`); paths in deps and outs
+# are relative to comparison/, the code is `../`. SRPPO_SET lays the cell's settings over the params
+# (srppo/config/files.py: parse_overrides) and sits in the command, so DVC reruns a cell when its settings
+# change. p_PT (`../data/base`) comes from the main pipeline: `dvc repro base` at the root first.
+#     cd comparison && dvc repro     ->  comparison/results/{table.md,fidelity.md,*.png,summary.json}
 """
 
 # `dvc plots show` draws these: one plot per curve family, each on an axis that fits its series (a series is
@@ -448,10 +498,11 @@ PLOTS = f"""
 """
 
 
-def generated(params_path: Path = ROOT / "params.yaml") -> dict[Path, str]:
+def generated(params_path: Path = ROOT / "params.yaml", grid_params_path: Path = ROOT / GRID_PARAMS) -> dict[Path, str]:
     params = yaml.safe_load(params_path.read_text()) or {}
+    grid_params = yaml.safe_load(grid_params_path.read_text()) or {}
     return {ROOT / "dvc.yaml": render(main_pipeline(params), MAIN_INTRO),
-            ROOT / "comparison" / "dvc.yaml": render(comparison_pipeline(params), COMPARISON_INTRO)}
+            ROOT / "comparison" / "dvc.yaml": render(comparison_pipeline(grid_params), COMPARISON_INTRO)}
 
 
 def main(argv: list[str] | None = None) -> int:

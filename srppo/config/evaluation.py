@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from srppo.config.section import Section
 
@@ -43,6 +44,11 @@ class JudgeConfig(Section):
     max_new_tokens: int = Field(512, ge=1, description="Generation budget per answer.")
 
 
+# the names the eval stage is given: the method's models and the baselines of the comparison grid
+MODEL_NAMES = ("pretrained", "sft", "srppo", "sft_extended", "spin", "rm_ppo", "rloo", "srppo_token", "sft_filtered",
+               "sft_random")
+
+
 class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -52,10 +58,19 @@ class EvalConfig(Section):
         "bf16's rounding into different answers, and on the embedded default that cost p_SFT about 3 points of "
         "strict accuracy (seed 0: 41.15 in fp32, 38.54 under bf16 autocast, 37.50 in vLLM's bf16). On: faster on "
         "bf16 hardware, for a noisier instrument.")
-    models: list[Literal["pretrained", "sft", "srppo", "sft_extended", "spin", "rm_ppo", "sft_filtered",
-                         "sft_random"]] = Field(
+    models: list[str] = Field(
         ["sft", "srppo"], description="Models to evaluate, by the names the eval stage is given "
-        "(dvc.yaml: pretrained, sft, srppo; comparison/dvc.yaml adds the baselines). The embedded default leaves "
-        "p_PT out to keep `dvc repro` within 15 minutes (its row: configs/fidelity.yaml, docs/results/).")
+        "(dvc.yaml: pretrained, sft, srppo; comparison/dvc.yaml adds the baselines). A PPO method's snapshot "
+        "along its run is NAME@PERCENT (srppo@25: ppo.snapshots). The embedded default leaves p_PT out to keep "
+        "`dvc repro` within 15 minutes (its row: configs/fidelity.yaml, docs/results/).")
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not re.fullmatch(rf"({'|'.join(MODEL_NAMES)})(@\d{{1,2}})?", n)]
+        if bad:
+            raise ValueError(f"unknown model name(s) {bad}: one of {', '.join(MODEL_NAMES)}, or a PPO method's "
+                             f"snapshot NAME@PERCENT (e.g. srppo@25)")
+        return names
     benchmarks: BenchmarkConfig = BenchmarkConfig()
     judge: JudgeConfig = JudgeConfig()

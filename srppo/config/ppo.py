@@ -30,6 +30,10 @@ class PPOConfig(Section):
         True, description="grpo: divide by the group's reward std. false = Dr. GRPO (arXiv 2503.20783): the "
         "division up-weights prompts whose samples all score alike.")
     iterations: int = Field(10, ge=1, description="PPO iterations (one buffer each) after the warm-up.")
+    snapshots: list[float] = Field(
+        [], description="Fractions of ppo.iterations (each in (0, 1)) after which the actor is also saved, under "
+        "OUT_DIR/snapshots/<percent> (e.g. 0.25 -> snapshots/25), with the KL to p_SFT of its own next samples in "
+        "the report: the policy along the run, to evaluate accuracy against KL. [] = the final actor only.")
     critic_warmup_buffers: int = Field(
         6, ge=0, description="Critic-only updates on the first `rollouts` buffers (paper: 35); one more buffer, "
         "when rollouts.n_buffers has it, is held out to measure the critic's fit (explained variance).")
@@ -108,6 +112,17 @@ class PPOConfig(Section):
         "default's 22 steps of 5-12 s checkpoint once or twice, not 5 times. 0 = every checkpoint_every steps.")
 
     @model_validator(mode="after")
+    def _snapshots_inside_the_run(self):
+        bad = [f for f in self.snapshots if not 0 < f < 1]
+        if bad:
+            raise ValueError(f"ppo.snapshots: fractions of the run strictly between 0 and 1 (the final actor is "
+                             f"always saved); got {bad}")
+        if len(set(snapshot_iterations(self.snapshots, self.iterations).values())) < len(self.snapshots):
+            raise ValueError(f"ppo.snapshots {self.snapshots}: two fall on the same one of ppo.iterations="
+                             f"{self.iterations}")
+        return self
+
+    @model_validator(mode="after")
     def _token_mode_guard(self):
         if self.reward_mode == "token" and not self.token_reward_ack:
             raise ValueError("ppo.reward_mode='token' grows responses without bound (paper Appendix E); "
@@ -120,3 +135,8 @@ class PPOConfig(Section):
             raise ValueError(f"ppo.estimator='{self.estimator}' compares samples of the same prompt: "
                              f"set ppo.group_size >= 2 (got {self.group_size})")
         return self
+
+
+def snapshot_iterations(fractions: list[float], iterations: int) -> dict[str, int]:
+    """{name: PPO iteration after which the actor is saved}: 0.25 of 63 -> {"25": 16}; at least iteration 1."""
+    return {f"{round(100 * f):d}": max(1, round(f * iterations)) for f in sorted(fractions)}

@@ -16,6 +16,7 @@ from srppo.config.params import Params
 from srppo.io import write_json
 
 OVERRIDES_ENV = "SRPPO_SET"
+PARAMS_ENV = "SRPPO_PARAMS"  # another params file than params.yaml: the comparison grid's comparison/params.yaml
 
 _read: dict = {}  # what `load` read: the file, its bytes' sha256, the overrides and the validated params
 
@@ -27,11 +28,13 @@ class ParamsChangedError(RuntimeError):
 def load(params_path: str | Path = "params.yaml") -> Params:
     """Validate the whole params file up front: a typo anywhere fails before any work starts.
 
-    $SRPPO_SET ("runtime.seed=1 prepare.overlap=medium") is laid over the file: the comparison grid's
-    stage commands set it per cell. The params read are kept: `write_results` records them and fails if the
+    $SRPPO_PARAMS names another file than `params_path` (the comparison grid's stage commands set it to
+    comparison/params.yaml), and $SRPPO_SET ("runtime.seed=1 prepare.overlap=medium") is laid over the file:
+    the grid's stage commands set it per cell. The params read are kept: `write_results` records them and fails if the
     file changed meanwhile. The process also ends with the one that started it (`die_with_parent`).
     """
     die_with_parent()
+    params_path = os.environ.get(PARAMS_ENV) or params_path
     overrides = os.environ.get(OVERRIDES_ENV, "")
     try:
         data = _file_bytes(Path(params_path))

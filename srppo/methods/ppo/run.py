@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from srppo.config.ppo import snapshot_iterations
 from srppo.data.records import DataError, read_jsonl
 from srppo.io import read_json
 from srppo.methods.ppo.roles import ppo_roles
@@ -72,7 +73,8 @@ class PPOResult:
 
 def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | None = None,
             timer: Timer | None = None, on_row: Callable[[dict], None] | None = None,
-            dump_dir: Path | None = None, stream: Stream | None = None) -> PPOResult:
+            dump_dir: Path | None = None, stream: Stream | None = None,
+            on_snapshot: Callable[..., None] | None = None) -> PPOResult:
     """PPO with params' `ppo`, `rollouts`, `reward`, `lora` and `runtime` sections, on `device`/`dtype`
     (srppo.models.loading.setup_runtime); under several processes, every rank calls it.
 
@@ -81,7 +83,9 @@ def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | No
     outputs are written). `timer` gets the phases (a fresh "ppo" one if None). `on_row(row)` sees each
     step's row once and in order as the step ends, a resumed run's restored rows first. A NaN/inf stops the
     run with a dump of the batch in `dump_dir`. `stream` is a hook for benchmarks: it replaces the seeded,
-    shuffled passes over the prompts (`prompt_stream`) with batches of its own.
+    shuffled passes over the prompts (`prompt_stream`) with batches of its own. `on_snapshot(name, iteration,
+    actor, actor_to_save, tokenizer)` is called on every rank after each iteration `ppo.snapshots` names (not again for those a resumed run had
+    done): the caller saves the actor there.
     """
     cfg, rcfg = params.ppo, params.rollouts
     timer = timer or Timer("ppo")
@@ -115,7 +119,8 @@ def run_ppo(params, inputs: PPOInputs, device, dtype, *, ckpt: Checkpointer | No
         warm_up(trainer, buffers[:n_warmup], buffers[n_warmup] if n_read > n_warmup else None, history, save, emit)
     iteration_seconds = []
     with timer.phase(f"{cfg.iterations} PPO iterations"), progress(cfg.iterations, "ppo") as bar:
-        stopped = ppo_iterations(trainer, batches, cfg, history, save, bar, emit, iteration_seconds)
+        snapshot = on_snapshot and (lambda name, it: on_snapshot(name, it, trainer.roles.actor, actor_to_save, tok))
+        stopped = ppo_iterations(trainer, batches, cfg, history, save, bar, emit, iteration_seconds, snapshot)
     with timer.phase("final check"):  # on the stream's next batch (a finite stream's last one when it ran out)
         final = check_final(trainer, next(batches, (None, trainer.last_prompts))[1], len(history))
     return PPOResult(history, stopped, trainer.roles, actor_to_save, tok, dict(timer.phases), iteration_seconds,
@@ -177,9 +182,10 @@ def warmup_stalled(history: list[dict], patience: int | None, first_sweep: int) 
 
 
 def ppo_iterations(trainer: PPOTrainer, batches, cfg, history: list[dict], save, bar, emit,
-                   iteration_seconds: list[dict]) -> str | None:
+                   iteration_seconds: list[dict], on_snapshot=None) -> str | None:
     """PPO iterations up to `cfg.iterations` (a resumed run's count included); why they stopped early, or None."""
     ppo_rows = [h for h in history if h["phase"] == "ppo"]  # non-empty when resumed
+    due = {it: name for name, it in snapshot_iterations(cfg.snapshots, cfg.iterations).items()}
     bar.update(len(ppo_rows))
     for it in range(len(ppo_rows), cfg.iterations):
         episode, batch = next(batches)
@@ -195,6 +201,8 @@ def ppo_iterations(trainer: PPOTrainer, batches, cfg, history: list[dict], save,
             stopped = f"length guard at iteration {it + 1}: responses grew past {cfg.length_guard}x"
             log("ppo", f"stopping early: {stopped}")
             return stopped
+        if on_snapshot and it + 1 in due:  # before the checkpoint: a resumed run never lacks a snapshot it passed
+            on_snapshot(due[it + 1], it + 1)
         save()
     return None
 
