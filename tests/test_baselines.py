@@ -181,8 +181,12 @@ def test_scores_average_the_benchmarks_not_the_breakdown(tmp_path):
     assert collect(tmp_path) == [{"setup": "medium", "seed": 4, "method": "srppo", "IF strict": 10.0,
                                   "Average": 10.0}]
     # a cell outside the grid (an earlier run's seed or setup) stays out of the table
-    assert collect(tmp_path, setups=["medium"], seeds=[0, 1]) == []
-    assert collect(tmp_path, setups=["minimum"]) == [] and len(collect(tmp_path, seeds=[4])) == 1
+    assert collect(tmp_path, cells=["medium-s0", "medium-s1"]) == []
+    assert len(collect(tmp_path, cells=["medium-s4"])) == 1
+    # the grid's per-method files add up; a PPO method's snapshots stay out of the table
+    (cell / "eval_sft.json").write_text('{"sft": {"strict_acc": 8.0}}')
+    (cell / "eval_srppo.json").write_text('{"srppo@25": {"strict_acc": 9.0}}')
+    assert [(r["method"], r["IF strict"]) for r in collect(tmp_path)] == [("srppo", 10.0), ("sft", 8.0)]
 
 
 def test_split_by_reward_keeps_the_top_and_an_equal_random_subset():

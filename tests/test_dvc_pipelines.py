@@ -15,7 +15,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from tools.dvc_pipelines import COMPARISON, MAIN, code_deps, local_files  # noqa: E402
+from tools.dvc_pipelines import MAIN, code_deps, comparison_table, local_files  # noqa: E402
 
 CODE = ("srppo/", "stages/")
 
@@ -38,7 +38,7 @@ def test_both_pipeline_files_are_up_to_date_with_their_table():
 
 
 def test_each_stage_lists_exactly_the_files_its_script_imports():
-    for pipeline, table in ((ROOT / "dvc.yaml", MAIN), (ROOT / "comparison" / "dvc.yaml", COMPARISON)):
+    for pipeline, table in ((ROOT / "dvc.yaml", MAIN), (ROOT / "comparison" / "dvc.yaml", comparison_table([]))):
         for name, declared in declared_code(pipeline).items():
             wanted = set(code_deps(ROOT / "stages" / f"{table[name][0]}.py"))
             assert not wanted - declared, f"{pipeline.relative_to(ROOT)}: stage {name} misses {sorted(wanted - declared)}"
@@ -47,22 +47,45 @@ def test_each_stage_lists_exactly_the_files_its_script_imports():
 
 def test_every_cell_reads_its_own_p_sft_trained_with_its_seed():
     """SFT's seed variance belongs in every interval of the grid's table: p_SFT is a cell's stage, not a setup's.
-    The §5 data filter (one seed per setup) reads the first seed's cell and runs with that seed."""
+    The §5 data filter (one seed per setup) reads grid.yaml's filter_seed cell and runs with that seed."""
     stages = yaml.safe_load((ROOT / "comparison" / "dvc.yaml").read_text())["stages"]
-    own, first = "data/${item.overlap}-s${item.seed}/sft", "data/${item}-s${seeds[0]}/sft"
+    own, first = "data/${item.overlap}-s${item.seed}/sft", "data/${item}-s${filter_seed}/sft"
     sft = stages["sft"]
-    assert sft["matrix"] == {"overlap": "${overlaps}", "seed": "${seeds}"} and own in sft["outs"]
-    assert sft["cmd"].startswith('cd .. && SRPPO_SET="runtime.seed=${item.seed}" exec python stages/sft.py data/base ')
+    assert sft["foreach"] == "${cells}" and own in sft["do"]["outs"]
+    assert sft["do"]["cmd"].startswith('cd .. && SRPPO_PARAMS=comparison/params.yaml SRPPO_SET="runtime.seed=${item.seed}" '
+                                       'exec python stages/sft.py data/base ')
     readers = {name for name, body in stages.items() for dep in body.get("do", body)["deps"]
                if dep.endswith("/sft")}
-    assert readers == {"sft_extended", "spin", "reward_model", "srppo_calibrate", "srppo_rollouts", "srppo",
-                       "rm_ppo_calibrate", "rm_ppo_rollouts", "rm_ppo", "eval", "filter", "filter_eval"}
+    assert readers == {"sft_extended", "spin", "reward_model", "diagnose", "srppo_calibrate", "srppo_rollouts", "srppo",
+                       "rloo", "srppo_token", "rm_ppo_calibrate", "rm_ppo_rollouts", "rm_ppo", "eval_sft", "filter",
+                       "filter_eval"}
     for name in readers:
         body = stages[name].get("do", stages[name])
         wanted = first if name.startswith("filter") else own
         assert [d for d in body["deps"] if d.endswith("/sft")] == [wanted], name
-        assert ("runtime.seed=${seeds[0]}" if name.startswith("filter") else "runtime.seed=${item.seed}") in body["cmd"]
-    assert "runtime.seed=${seeds[0]}" in stages["sft_filtered"]["cmd"]  # the subsets: the same seed as that p_SFT
+        assert ("runtime.seed=${filter_seed}" if name.startswith("filter") else "runtime.seed=${item.seed}") in body["cmd"]
+    assert "runtime.seed=${filter_seed}" in stages["sft_filtered"]["cmd"]  # the subsets: the same seed as that p_SFT
+    assert stages["srppo_token"]["foreach"] == "${token_cells}"
+
+
+def test_the_grid_reads_its_own_params_and_evaluates_each_method_with_its_snapshots():
+    stages = yaml.safe_load((ROOT / "comparison" / "dvc.yaml").read_text())["stages"]
+    grid_params = yaml.safe_load((ROOT / "comparison" / "params.yaml").read_text())
+    assert grid_params["ppo"]["snapshots"] and grid_params["rollouts"]["buffer_size"] * grid_params["ppo"]["iterations"] >= 2000
+    for name, body in stages.items():
+        body = body.get("do", body)
+        if "params" in body and name != "table":
+            assert "SRPPO_PARAMS=comparison/params.yaml" in body["cmd"], name
+            assert all("params.yaml" in entry for entry in body["params"]), name  # comparison/params.yaml
+    evals = {name: stages[name]["do"] for name in stages if name.startswith("eval_")}
+    assert set(evals) == {"eval_sft", "eval_sft_extended", "eval_spin", "eval_rm_ppo", "eval_srppo", "eval_rloo"}
+    srppo = evals["eval_srppo"]["cmd"]
+    assert "eval.models=[srppo, srppo@25, srppo@50]" in srppo
+    assert "srppo@25=comparison/data/${item.overlap}-s${item.seed}/srppo/model/snapshots/25" in srppo
+    assert "eval.models=[sft]" in evals["eval_sft"]["cmd"]
+    # RLOO and the token-wise run share SRPPO's reward normaliser and buffers: same reward, same p_SFT
+    for name in ("rloo", "srppo_token"):
+        assert "data/${item.overlap}-s${item.seed}/srppo/rollouts" in stages[name]["do"]["deps"]
 
 
 def test_import_analysis_covers_what_python_actually_loads():

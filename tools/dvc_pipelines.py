@@ -396,7 +396,7 @@ def stage(script_name: str, paths: dict, options: dict, params: dict, prefix: st
     return body
 
 
-RESULT_FILES = ("table.md", "bars.png", "accuracy_kl.png", "appendix_e.png", "fidelity.md")
+RESULT_FILES = ("table.md", "bars.png", "fidelity.md", "accuracy_kl.png", "appendix_e.png")
 
 
 def main_pipeline(params: dict) -> dict:

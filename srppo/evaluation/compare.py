@@ -1,7 +1,8 @@
 """The comparison grid's tables (paper Tables 1-4): methods x benchmarks, mean +- std over seeds.
 
-Input: one eval metrics file per cell, `<setup>-s<seed>/eval.json`, as the `eval` stage writes it
-({method: {metric: value, "benchmarks": {task: {metric: value}}, "alpaca_eval": {...}}}). Scores are
+Input: a cell's eval metrics, `<setup>-s<seed>/eval_<method>.json` (one per method; an older grid's single
+`eval.json` too), as the `eval` stage writes them ({model: {metric: value, "benchmarks": {task: {metric:
+value}}, "alpaca_eval": {...}}}); a PPO method's snapshots (`srppo@25`) are left to fidelity.py. Scores are
 percentages, higher is better; "Average" is the mean of the benchmark columns, as in the paper
 (the breakdown of the instruction score by group of families is shown but not averaged). SRPPO is compared with
 each baseline seed by seed (same seed, same p_SFT, same prompts), on every group of the testbed and on the
@@ -18,7 +19,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-METHODS = {"sft": "SFT", "sft_extended": "SFT (extended)", "spin": "SPIN", "rm_ppo": "PPO w/ RM", "srppo": "SRPPO"}
+METHODS = {"sft": "SFT", "sft_extended": "SFT (extended)", "spin": "SPIN", "rm_ppo": "PPO w/ RM",
+           "rloo": "SRPPO (RLOO)", "srppo": "SRPPO"}
 FILTER_METHODS = {"sft": "SFT on all demonstrations", "sft_filtered": "SFT on the top by coherent reward",
                   "sft_random": "SFT on a random subset of the same size"}
 TESTBED = [("strict_acc", "IF strict"), ("loose_acc", "IF loose"), ("in_domain_strict", "IF in-domain"),
@@ -52,19 +54,20 @@ def scores(result: dict) -> dict[str, float]:
     return out
 
 
-def collect(metrics_dir: Path, setups: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
-    """Rows {setup, seed, method, column: score} from every `<setup>-s<seed>/eval.json` below `metrics_dir`,
-    only the grid's cells when `setups`/`seeds` are given: cells left from an earlier, wider grid (or
-    another preset's run) stay on disk but must not enter this grid's means."""
+def collect(metrics_dir: Path, cells: list[str] | None = None) -> list[dict]:
+    """Rows {setup, seed, method, column: score} from every cell's eval metrics below `metrics_dir`, only the
+    grid's `cells` ("minimum-s0", ...) when given: cells left from an earlier, wider grid (or another preset's
+    run) stay on disk but must not enter this grid's means."""
     rows = []
-    for path in sorted(Path(metrics_dir).glob("*/eval.json")):
-        cell = CELL.match(path.parent.name)
-        if not cell or (setups is not None and cell["setup"] not in setups) or \
-                (seeds is not None and int(cell["seed"]) not in seeds):
+    for folder in sorted(p for p in Path(metrics_dir).iterdir() if p.is_dir()):
+        cell = CELL.match(folder.name)
+        if not cell or (cells is not None and folder.name not in cells):
             continue
-        for method, result in json.loads(path.read_text()).items():
-            if method in METHODS and isinstance(result, dict):
-                rows.append({"setup": cell["setup"], "seed": int(cell["seed"]), "method": method, **scores(result)})
+        for path in sorted(folder.glob("eval*.json")):
+            for method, result in json.loads(path.read_text()).items():
+                if method in METHODS and isinstance(result, dict):
+                    rows.append({"setup": cell["setup"], "seed": int(cell["seed"]), "method": method,
+                                 **scores(result)})
     return rows
 
 
@@ -208,12 +211,14 @@ def filter_markdown(results: dict[str, dict[str, dict]], seed: int | None = None
     return "\n".join(lines)
 
 
-def compare_grid(metrics_dir: Path, setups: list[str] | None = None, seeds: list[int] | None = None) -> dict | None:
+def compare_grid(metrics_dir: Path, setups: list[str] | None = None, cells: list[str] | None = None,
+                 filter_seed: int | None = None) -> dict | None:
     """The grid's results in one go: the markdown table (with the data filter's when it ran), summary.json's
-    content and the per-method scores for the bar plot; None when no cell of `setups` x `seeds` has results."""
-    rows = collect(metrics_dir, setups, seeds)
+    content, the per-method scores for the bar plot and the rows; None when none of `cells` has results."""
+    rows = collect(metrics_dir, cells)
     if not rows:
         return None
     filtered = collect_filter(metrics_dir, setups)
-    table = markdown(rows) + ("\n" + filter_markdown(filtered, seeds[0] if seeds else None) if filtered else "")
-    return {"table": table, "summary": {**summary_json(rows), "data_filter": filtered}, "scores": summarise(rows)}
+    table = markdown(rows) + ("\n" + filter_markdown(filtered, filter_seed) if filtered else "")
+    return {"table": table, "summary": {**summary_json(rows), "data_filter": filtered}, "scores": summarise(rows),
+            "rows": rows}

@@ -1,0 +1,254 @@
+"""The fidelity grid's findings beyond the tables: the primary comparison, accuracy against KL, Appendix E.
+
+Inputs are what the grid's stages leave in git (comparison/metrics, reports and dvclive; no model is loaded):
+- `<cell>/eval_<method>.json`: each model's scores, a PPO method's snapshots as `<method>@<percent>`;
+- `<cell>/<method>.json` (reports): a PPO run's `snapshots` {percent: iteration, rollouts, KL to p_SFT};
+- `<cell>/diagnose.json` (reports): p_SFT's best-of-k by reward per family, at KL ln k - (k-1)/k;
+- `<cell>/<method>/plots/metrics/*.tsv` (DVCLive): the PPO runs' curves, one row per iteration.
+
+The primary comparison was fixed before the runs (docs/results/fidelity.md): SRPPO minus SFT on
+compositional out-of-domain strict accuracy, minimum overlap, paired by seed, 95 % Student-t interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from srppo.evaluation.compare import CELL, paired_difference  # noqa: E402
+from srppo.testbed.families import FAMILY_REPORT_GROUPS  # noqa: E402
+
+PRIMARY = {"setup": "minimum", "baseline": "sft", "column": "IF compositional", "method": "srppo"}
+PPO_METHODS = {"srppo": "SRPPO", "rloo": "SRPPO (RLOO)", "rm_ppo": "PPO w/ RM"}
+COLORS = {"sft": "black", "srppo": "tab:red", "rloo": "tab:orange", "rm_ppo": "tab:blue", "srppo_token": "tab:purple"}
+RISE_WINDOW = 8  # iterations averaged at each end of a run for its reward rise
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def cells(metrics_dir: Path, wanted: list[str] | None) -> list[str]:
+    found = sorted(p.name for p in Path(metrics_dir).iterdir() if p.is_dir() and CELL.match(p.name))
+    return [c for c in found if wanted is None or c in wanted]
+
+
+def primary_comparison(rows: list[dict]) -> dict:
+    """The pre-registered comparison and its verdict in words (None values until the cells have landed)."""
+    d = paired_difference(rows, PRIMARY["setup"], PRIMARY["baseline"], PRIMARY["column"], PRIMARY["method"])
+    words = {"better": "SRPPO beats SFT", "worse": "SRPPO is worse than SFT",
+             "within seed noise": "not distinguishable from seed noise at this scale",
+             "n=1: no interval": "one seed so far: no interval, no verdict"}
+    return {**PRIMARY, "difference": d, "verdict": words[d["verdict"]] if d else "no cell has both yet"}
+
+
+def kl_points(metrics_dir: Path, reports_dir: Path, cell: str, column: str = "compositional_strict") -> dict:
+    """{method: [(KL to p_SFT, accuracy, label)]} along each PPO run of `cell`, p_SFT's point (0, its accuracy)
+    first: the snapshots (method@25, method@50) and the final actor (@100), KL of each one's own samples."""
+    scores = {}
+    for path in sorted((Path(metrics_dir) / cell).glob("eval*.json")):
+        scores |= _read(path)
+    sft = scores.get("sft", {}).get(column)
+    out = {}
+    for method in PPO_METHODS:
+        snapshots = _read(Path(reports_dir) / cell / f"{method}.json").get("snapshots") or {}
+        points = [(0.0, sft, "p_SFT")] if sft is not None else []
+        for pct, info in sorted(snapshots.items(), key=lambda kv: int(kv[0])):
+            name = method if pct == "100" else f"{method}@{pct}"
+            if name in scores and info.get("kl") is not None:
+                points.append((info["kl"], scores[name][column], f"{pct} %"))
+        if len(points) > 1:
+            out[method] = points
+    return out
+
+
+def best_of_k_frontier(reports_dir: Path, cell: str, group: str = "compositional") -> list[tuple[float, float, int]]:
+    """[(KL, accuracy, k)]: p_SFT's best-of-k by reward, averaged over the out-of-domain families of `group`
+    (every family has the same number of prompts). Sampled at temperature 1, where the eval decodes greedily:
+    the frontier says what choosing by reward buys over p_SFT's own samples, at what KL."""
+    families = _read(Path(reports_dir) / cell / "diagnose.json").get("families") or {}
+    chosen = [f for f, s in families.items() if FAMILY_REPORT_GROUPS.get(f) == group and s.get("domain") == "out"
+              and s.get("best_of_k")]
+    if not chosen:
+        return []
+    ks = sorted(int(k) for k in families[chosen[0]]["best_of_k"])
+    return [(families[chosen[0]]["kl"][str(k)], statistics.mean(families[f]["best_of_k"][str(k)] for f in chosen), k)
+            for k in ks]
+
+
+def plot_accuracy_kl(metrics_dir: Path, reports_dir: Path, cell_names: list[str], path: Path) -> bool:
+    """One panel per cell: each PPO method's path from p_SFT through its snapshots, over p_SFT's best-of-k
+    frontier. False (nothing drawn) when no cell has a PPO run with its eval yet."""
+    panels = [(c, kl_points(metrics_dir, reports_dir, c), best_of_k_frontier(reports_dir, c)) for c in cell_names]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return False
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax, (cell, points, frontier) in zip(axes.flat, panels):
+        if frontier:
+            ax.plot([f[0] for f in frontier], [f[1] for f in frontier], "--", color="gray", marker="s", ms=4,
+                    label="p_SFT best-of-k (T=1)")
+            for kl, acc, k in frontier:
+                ax.annotate(f"k={k}", (kl, acc), fontsize=7, color="gray", xytext=(3, -9), textcoords="offset points")
+        for method, pts in points.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=COLORS[method],
+                    label=PPO_METHODS[method])
+            for kl, acc, label in pts[1:]:
+                ax.annotate(label, (kl, acc), fontsize=7, color=COLORS[method], xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_title(cell, fontsize=10)
+        ax.set_xlabel("KL to p_SFT (nats per response)")
+        ax.set_ylabel("compositional OOD strict (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("Accuracy against KL along the PPO runs (greedy eval), over p_SFT's best-of-k frontier")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def curve(live_dir: Path, cell: str, method: str, key: str) -> list[float]:
+    """One PPO run's per-iteration series from its DVCLive TSV (the warm-up's are under warmup/, not here)."""
+    path = Path(live_dir) / cell / method / "plots" / "metrics" / f"{key}.tsv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [float(row[key]) for row in csv.DictReader(f, delimiter="\t")]
+
+
+def reward_rise(live_dir: Path, cell: str, method: str, window: int = RISE_WINDOW) -> dict | None:
+    """How far the raw reward rose over a run against the noise of a buffer's mean: the mean of the last
+    `window` iterations minus the first `window`'s, in units of the standard deviation of the first `window`
+    buffer means (where the actor is still near p_SFT, so their spread is a buffer mean's standard error).
+    The issue's sizing bar: a rise of at least 3."""
+    rewards = curve(live_dir, cell, method, "reward_raw")
+    if len(rewards) < 2 * window:
+        return None
+    first, last = rewards[:window], rewards[-window:]
+    se = statistics.stdev(first)
+    rise = statistics.mean(last) - statistics.mean(first)
+    return {"iterations": len(rewards), "first": round(statistics.mean(first), 3), "last": round(statistics.mean(last), 3),
+            "rise": round(rise, 3), "buffer_se": round(se, 3), "rise_in_se": round(rise / se, 2) if se > 0 else None}
+
+
+def appendix_e(live_dir: Path, reports_dir: Path, cell: str) -> dict | None:
+    """The token-wise reward against the sequence reward in `cell`: response length and EOS rate per iteration,
+    and where ppo.length_guard stopped the token-wise run (None when it has not run)."""
+    token = {k: curve(live_dir, cell, "srppo_token", k) for k in ("response_length", "eos_rate")}
+    if not token["response_length"]:
+        return None
+    seq = {k: curve(live_dir, cell, "srppo", k) for k in ("response_length", "eos_rate")}
+    report = _read(Path(reports_dir) / cell / "srppo_token.json")
+    return {"cell": cell, "token": token, "sequence": seq, "stopped_early": report.get("stopped_early"),
+            "iterations": len(token["response_length"])}
+
+
+def plot_appendix_e(runs: list[dict], path: Path, max_new_tokens: int | None = None) -> bool:
+    if not runs:
+        return False
+    fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.4 * len(runs)), squeeze=False)
+    for (ax_len, ax_eos), run in zip(axes, runs):
+        for kind, style in (("sequence", "-"), ("token", "-")):
+            series = run[kind]
+            color = COLORS["srppo"] if kind == "sequence" else COLORS["srppo_token"]
+            label = "sequence reward (Eq. 4)" if kind == "sequence" else "token-wise reward (App. E)"
+            ax_len.plot(range(1, len(series["response_length"]) + 1), series["response_length"], style, color=color,
+                        label=label)
+            ax_eos.plot(range(1, len(series["eos_rate"]) + 1), series["eos_rate"], style, color=color, label=label)
+        if max_new_tokens:
+            ax_len.axhline(max_new_tokens, color="gray", ls=":", label="token budget")
+        if run["stopped_early"]:
+            for ax in (ax_len, ax_eos):
+                ax.axvline(run["iterations"], color=COLORS["srppo_token"], ls="--", lw=0.8, label="length guard")
+        ax_len.set_ylabel("tokens per response (mean)")
+        ax_eos.set_ylabel("share ending with EOS")
+        for ax in (ax_len, ax_eos):
+            ax.set_xlabel("PPO iteration")
+            ax.set_title(run["cell"], fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("Appendix E: the token-wise coherent reward against the sequence reward")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _save(fig, path: Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(x, spec=".2f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def fidelity_markdown(rows: list[dict], metrics_dir: Path, reports_dir: Path, live_dir: Path,
+                      cell_names: list[str], token_cells: list[str]) -> tuple[str, dict]:
+    """comparison/results/fidelity.md and its numbers: the primary comparison's verdict, each PPO run's reward
+    rise against the sizing bar, accuracy and KL along the runs, and Appendix E's lengths."""
+    primary = primary_comparison(rows)
+    d = primary["difference"]
+    lines = ["## Primary comparison (fixed before the runs)", "",
+             f"SRPPO minus SFT, {PRIMARY['column']} strict accuracy, {PRIMARY['setup']} overlap, paired by seed:", ""]
+    if d:
+        interval = f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d["ci95"] else "(no interval with one seed)"
+        lines.append(f"**{d['mean']:+.2f} points {interval}, n = {d['n']} seeds: {primary['verdict']}.**")
+    else:
+        lines.append(f"**{primary['verdict']}.**")
+    rises, points = {}, {}
+    lines += ["", "## Did PPO move the reward? (sizing bar: a rise of at least 3 buffer-mean standard errors)", "",
+              "| Cell | Run | Iterations | Reward, first 8 | Reward, last 8 | Rise | Buffer SE | Rise / SE |",
+              "|---|---|---|---|---|---|---|---|"]
+    for cell in cell_names:
+        for method in (*PPO_METHODS, "srppo_token"):
+            r = reward_rise(live_dir, cell, method)
+            if r:
+                rises.setdefault(cell, {})[method] = r
+                lines.append(f"| {cell} | {method} | {r['iterations']} | {r['first']:.2f} | {r['last']:.2f} | "
+                             f"{r['rise']:+.2f} | {r['buffer_se']:.2f} | {_fmt(r['rise_in_se'])} |")
+    lines += ["", "## Accuracy and KL along the runs", "",
+              "Compositional out-of-domain strict accuracy (%) of each snapshot, and its KL to p_SFT (nats per "
+              "response, its own samples). p_SFT: KL 0.", "",
+              "| Cell | Run | p_SFT | 25 % | 50 % | 100 % |", "|---|---|---|---|---|---|"]
+    for cell in cell_names:
+        for method, pts in kl_points(metrics_dir, reports_dir, cell).items():
+            points.setdefault(cell, {})[method] = pts
+            by_label = {label: (kl, acc) for kl, acc, label in pts}
+            cols = [f"{by_label[k][1]:.2f} (KL {by_label[k][0]:.2f})" if k in by_label else "–"
+                    for k in ("25 %", "50 %", "100 %")]
+            lines.append(f"| {cell} | {PPO_METHODS[method]} | {_fmt(pts[0][1])} | " + " | ".join(cols) + " |")
+    runs = [r for r in (appendix_e(live_dir, reports_dir, c) for c in token_cells) if r]
+    lines += ["", "## Appendix E: token-wise against sequence reward", ""]
+    for run in runs:
+        tok, seq = run["token"], run["sequence"]
+        lines.append(f"- {run['cell']}: token-wise response length {tok['response_length'][0]:.1f} → "
+                     f"{max(tok['response_length']):.1f} tokens at most (EOS rate {tok['eos_rate'][0]:.2f} → "
+                     f"{min(tok['eos_rate']):.2f} at least) over {run['iterations']} iterations; sequence reward "
+                     + (f"{seq['response_length'][0]:.1f} → {seq['response_length'][-1]:.1f} tokens. "
+                        if seq["response_length"] else "not run yet. ")
+                     + (f"Stopped: {run['stopped_early']}." if run["stopped_early"] else "The length guard did not trip."))
+    if not runs:
+        lines.append("Not run yet.")
+    summary = {"primary": primary, "reward_rise": rises, "accuracy_kl": points,
+               "appendix_e": [{k: run[k] for k in ("cell", "stopped_early", "iterations")} for run in runs]}
+    return "\n".join(lines) + "\n", summary
+
+
+def placeholder(path: Path, text: str) -> None:
+    """A plot that has nothing to draw yet says so (a declared output must exist)."""
+    fig, ax = plt.subplots(figsize=(5, 1.5))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.axis("off")
+    _save(fig, path)
