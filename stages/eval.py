@@ -19,9 +19,9 @@ from srppo.evaluation import plots
 from srppo.evaluation.lmeval import benchmark_table
 from srppo.evaluation.run import evaluate_models
 from srppo.evaluation.testbed_eval import HEADLINE, markdown_table
-from srppo.io import write_text_atomic
+from srppo.io import read_json, write_text_atomic
 from srppo.models.loading import setup_runtime
-from srppo.runtime.stage import Timer, load, write_results
+from srppo.runtime.stage import Timer, load, log, write_results
 
 SUMMARY = ("strict_acc", "loose_acc", "in_domain_strict", "compositional_strict", "control_strict",
            "out_domain_strict", "arithmetic_em", "mean_tokens")
@@ -44,6 +44,17 @@ def model_paths(pairs: list[str], wanted: list[str]) -> dict[str, str]:
     return {name: given[name] for name in wanted}
 
 
+def unreached_snapshots(paths: dict[str, str]) -> dict[str, dict]:
+    """{name: why} for the PPO snapshots among `paths` that hold no model: the run stopped before them (the PPO
+    stage leaves their folder with only snapshot.json, `"reached": false`). They are left out, and said so."""
+    out = {}
+    for name, path in paths.items():
+        meta = Path(path) / "snapshot.json"
+        if "@" in name and meta.is_file() and not (Path(path) / "config.json").is_file():
+            out[name] = read_json(meta)
+    return out
+
+
 def summary(result: dict) -> dict:
     """One model's numbers for `dvc exp show` (srppo/evaluation/compare.py reads the same keys from the grid's cells)."""
     out = {k: result[k] for k in SUMMARY}
@@ -58,6 +69,11 @@ def main(eval_path, out_dir, metrics_path, report_path, *args) -> None:
     params = load()
     cache, pairs = cache_dir_option(list(args))
     paths = model_paths(pairs, params.eval.models)
+    skipped = unreached_snapshots(paths)
+    for name, why in skipped.items():
+        log("eval", f"{name}: not evaluated, the PPO run stopped before it ({why.get('stopped_early')})")
+    params.eval.models = [m for m in params.eval.models if m not in skipped]
+    paths = {m: paths[m] for m in params.eval.models}
     device, dtype = setup_runtime(params.runtime)
     timer = Timer("eval")
     run = evaluate_models(params, eval_path, paths, device, dtype, cache_dir=cache, timer=timer)
@@ -70,7 +86,8 @@ def main(eval_path, out_dir, metrics_path, report_path, *args) -> None:
     plots.grouped_bars(run.results, [k for k in HEADLINE if k[0] not in ("mean_tokens",)], out / "eval.png",
                        "Evaluation on the verifiable instruction testbed")
     print(table)
-    write_results(metrics_path, report_path, {m: summary(r) for m, r in run.results.items()}, run.results, timer)
+    write_results(metrics_path, report_path, {m: summary(r) for m, r in run.results.items()},
+                  {**run.results, **({"not_reached": skipped} if skipped else {})}, timer)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ usage: python stages/ppo.py BASE_DIR SFT_DIR PROMPTS_JSONL NORM_JSON ROLLOUTS_DI
 Each critic warm-up buffer (under `warmup/`) and each PPO iteration goes to the DVCLive directory LIVE_DIR as
 it ends, numbered on one step counter; the panels of LIVE_DIR/curves.png are drawn at the end.
 With ppo.snapshots, the actor along the run goes to OUT_DIR/snapshots/<percent>/ too (staged while the run goes
-in OUT_DIR/../snapshots/<name>/, where a resumed run finds the ones it passed).
+in OUT_DIR/../snapshots/<name>/, where a resumed run finds the ones it passed); a snapshot the run stopped before
+(the length guard) is a folder with only snapshot.json, `"reached": false`.
 Derived from OUT_DIR, next to it and not part of it: resumable checkpoints in OUT_DIR/../checkpoints/<name>
 (deleted when the stage succeeds) and, when a reward or loss turns NaN/inf, the offending batch in
 OUT_DIR/../debug/<name>/nonfinite_batch.pt (<name>: OUT_DIR's last component, e.g. data/debug/ppo/).
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from live_curves import live_curves
 
+from srppo.config.ppo import snapshot_iterations
 from srppo.evaluation import plots
 from srppo.io import atomic_dir, read_json, write_json
 from srppo.methods.ppo.run import PPOInputs, run_ppo
@@ -81,20 +83,23 @@ def snapshot_saver(staging: Path, run_fingerprint: str):
     return save
 
 
-def snapshot_report(staging: Path, run_fingerprint: str, ppo_rows: list[dict], final_check: dict,
-                    buffer_size: int) -> dict:
-    """{name: iteration, rollouts seen, KL to p_SFT} for each snapshot this run staged, and "100" for the final
-    actor. A snapshot's KL is that of its own samples: the next iteration's buffer (for the final actor: the final
-    check's samples on prompts it has not trained on), in nats per response."""
+def snapshot_report(staging: Path, run_fingerprint: str, planned: dict[str, int], ppo_rows: list[dict],
+                    final_check: dict, buffer_size: int) -> dict:
+    """{name: iteration, rollouts seen, KL to p_SFT} for each of the `planned` snapshots ({name: iteration}) this
+    run staged, and "100" for the final actor. A snapshot's KL is that of its own samples: the next iteration's
+    buffer (for the final actor: the final check's samples on prompts it has not trained on), in nats per
+    response. A snapshot the run never reached (the length guard stopped it first) says so: `reached` false."""
     out = {}
-    for path in sorted(staging.glob("*/snapshot.json"), key=lambda p: int(p.parent.name)):
-        meta = read_json(path)
-        it = meta["iteration"]
-        if meta.get("fingerprint") == run_fingerprint and it < len(ppo_rows):
-            out[path.parent.name] = {"iteration": it, "rollouts": it * buffer_size, "kl": ppo_rows[it]["kl"],
-                                     "reward_raw": ppo_rows[it]["reward_raw"]}
+    for name, it in planned.items():
+        meta = staging / name / "snapshot.json"
+        staged = meta.is_file() and read_json(meta).get("fingerprint") == run_fingerprint
+        if staged and it < len(ppo_rows):
+            out[name] = {"iteration": it, "rollouts": it * buffer_size, "kl": ppo_rows[it]["kl"],
+                         "reward_raw": ppo_rows[it]["reward_raw"], "reached": True}
+        else:
+            out[name] = {"iteration": it, "reached": False}
     out["100"] = {"iteration": len(ppo_rows), "rollouts": len(ppo_rows) * buffer_size, "kl": final_check.get("kl"),
-                  "reward_raw": None}
+                  "reward_raw": None, "reached": True}
     return out
 
 
@@ -117,14 +122,18 @@ def main(base_dir, sft_dir, prompts_path, norm_path, rollouts_dir, out_dir, metr
         run = run_ppo(params, inputs, device, dtype, ckpt=ckpt, timer=timer, dump_dir=beside_output(out_dir, "debug"),
                       on_row=lambda row: log_step(row["step"], row, "warmup/" if row["phase"] == "warmup" else ""),
                       on_snapshot=snapshot_saver(staging, ckpt.fp))
-    snapshots = snapshot_report(staging, ckpt.fp, run.ppo_rows, run.final_check, params.rollouts.buffer_size)
+    planned = snapshot_iterations(params.ppo.snapshots, params.ppo.iterations)
+    snapshots = snapshot_report(staging, ckpt.fp, planned, run.ppo_rows, run.final_check, params.rollouts.buffer_size)
     with timer.phase("save actor"), distributed.gathered(run.roles.actor), distributed.main_first() as main_rank:
         if main_rank:
             with atomic_dir(out_dir) as tmp:
                 save_pretrained(run.actor_to_save(), run.tokenizer, tmp)
-                for name in snapshots:
-                    if name != "100":
+                for name in planned:
+                    if snapshots[name]["reached"]:
                         shutil.copytree(staging / name, tmp / "snapshots" / name)
+                    else:  # a folder all the same (the eval stage's input), holding why it has no weights
+                        write_json(tmp / "snapshots" / name / "snapshot.json",
+                                   {"iteration": planned[name], "reached": False, "stopped_early": run.stopped})
     run.close()  # after the save: vLLM's shutdown takes the process group with it
     if not distributed.is_main():
         return

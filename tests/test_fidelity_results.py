@@ -39,9 +39,14 @@ def grid(tmp_path):
             "srppo": {"strict_acc": 41.0, "compositional_strict": SRPPO[seed]},
             "srppo@25": {"strict_acc": 40.0, "compositional_strict": SFT[seed] + 1},
             "srppo@50": {"strict_acc": 40.5, "compositional_strict": SFT[seed] + 3}})
+        stopped = seed == 0  # the length guard stopped this run at iteration 20: no 50 % snapshot
         _write(reports / cell / "srppo.json", {"snapshots": {
-            "25": {"iteration": 16, "rollouts": 512, "kl": 0.5}, "50": {"iteration": 32, "rollouts": 1024, "kl": 1.5},
-            "100": {"iteration": 63, "rollouts": 2016, "kl": 4.0}}})
+            "25": {"iteration": 16, "rollouts": 512, "kl": 0.5},
+            "50": {"iteration": 32, "reached": False} if stopped else {"iteration": 32, "rollouts": 1024, "kl": 1.5},
+            "100": {"iteration": 20 if stopped else 63, "rollouts": 2016, "kl": 4.0}}})
+        if stopped:
+            _write(metrics / cell / "eval_srppo.json", {k: v for k, v in json.loads(
+                (metrics / cell / "eval_srppo.json").read_text()).items() if k != "srppo@50"})
         _write(reports / cell / "diagnose.json", {"families": {
             "combo_upper_end": {"domain": "out", "best_of_k": {"1": 30.0, "8": 50.0}, "kl": {"1": 0.0, "8": 1.2044}},
             "paraphrase_case": {"domain": "out", "best_of_k": {"1": 10.0, "8": 30.0}, "kl": {"1": 0.0, "8": 1.2044}},
@@ -71,7 +76,8 @@ def test_primary_comparison_is_srppo_minus_sft_compositional_paired_by_seed(grid
 
 def test_accuracy_against_kl_along_the_run_and_the_frontier(grid):
     points = fidelity.kl_points(grid / "metrics", grid / "reports", "minimum-s1")
-    assert points == {"srppo": [(0.0, 32.0, "p_SFT"), (0.5, 33.0, "25 %"), (1.5, 35.0, "50 %"), (4.0, 37.0, "100 %")]}
+    assert points == {"srppo": [(0.0, 32.0, "p_SFT"), (0.5, 33.0, "25 %"), (1.5, 35.0, "50 %"),
+                                (4.0, 37.0, "final (it. 63)")]}
     # only the compositional families out of the setup's domain: the in-domain and control ones stay out
     assert fidelity.best_of_k_frontier(grid / "reports", "minimum-s1") == [(0.0, 20.0, 1), (1.2044, 40.0, 8)]
     assert fidelity.plot_accuracy_kl(grid / "metrics", grid / "reports", ["minimum-s0", "minimum-s1"],
@@ -105,7 +111,8 @@ def test_the_table_stage_writes_the_verdict_tables_and_plots(grid):
     text = (out / "fidelity.md").read_text()
     assert "**+6.00 points [+3.52, +8.48], n = 3 seeds: SRPPO beats SFT.**" in text
     assert "| minimum-s0 | srppo | 20 | 10.00 | 14.00 | +4.00 | 1.07 | 3.74 |" in text
-    assert "| minimum-s2 | SRPPO | 34.00 | 35.00 (KL 0.50) | 37.00 (KL 1.50) | 41.00 (KL 4.00) |" in text
+    assert "| minimum-s2 | SRPPO | 34.00 | 35.00 (KL 0.50) | 37.00 (KL 1.50) | 41.00 (KL 4.00), it. 63 |" in text
+    assert "| minimum-s0 | SRPPO | 30.00 | 31.00 (KL 0.50) | not reached | 36.00 (KL 4.00), it. 20 |" in text
     assert "Stopped: length guard at iteration 3" in text
     assert "| SRPPO (RLOO) |" not in (out / "table.md").read_text()  # not run: no row
     summary = json.loads((out / "summary.json").read_text())
@@ -124,3 +131,32 @@ def test_snapshots_are_fractions_inside_the_run():
     with pytest.raises(ConfigError, match="unknown model name"):
         validate({"eval": {"models": ["sft", "srppo@x"]}})
     assert validate({"eval": {"models": ["srppo@25", "rloo@50", "sft"]}}).eval.models[0] == "srppo@25"
+
+
+def _stage(name: str) -> dict:
+    import runpy
+
+    sys.path.insert(0, str(ROOT / "stages"))  # live_curves, beside the stage scripts
+    return runpy.run_path(str(ROOT / "stages" / f"{name}.py"), run_name=f"stage_{name}")
+
+
+def test_a_snapshot_the_length_guard_stopped_before_is_reported_and_not_evaluated(tmp_path):
+    """The PPO stage leaves an unreached snapshot's folder with only snapshot.json; the eval stage skips it."""
+    report = _stage("ppo")["snapshot_report"]
+    staging = tmp_path / "staging"
+    _write(staging / "25" / "snapshot.json", {"fingerprint": "fp", "iteration": 2})
+    _write(staging / "75" / "snapshot.json", {"fingerprint": "another run", "iteration": 6})
+    rows = [{"kl": 0.1 * i, "reward_raw": float(i)} for i in range(4)]  # stopped after iteration 4 of 8
+    got = report(staging, "fp", {"25": 2, "50": 4, "75": 6}, rows, {"kl": 0.9}, 16)
+    assert got["25"] == {"iteration": 2, "rollouts": 32, "kl": 0.2, "reward_raw": 2.0, "reached": True}
+    assert got["50"] == {"iteration": 4, "reached": False}  # never staged
+    assert got["75"] == {"iteration": 6, "reached": False}  # staged by a run with other params or inputs
+    assert got["100"] == {"iteration": 4, "rollouts": 64, "kl": 0.9, "reward_raw": None, "reached": True}
+
+    unreached = _stage("eval")["unreached_snapshots"]
+    _write(tmp_path / "model" / "config.json", {})
+    _write(tmp_path / "model" / "snapshots" / "25" / "config.json", {})
+    _write(tmp_path / "model" / "snapshots" / "50" / "snapshot.json", {"reached": False, "stopped_early": "guard"})
+    paths = {"srppo": str(tmp_path / "model"), "srppo@25": str(tmp_path / "model/snapshots/25"),
+             "srppo@50": str(tmp_path / "model/snapshots/50")}
+    assert unreached(paths) == {"srppo@50": {"reached": False, "stopped_early": "guard"}}

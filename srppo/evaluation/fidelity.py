@@ -51,7 +51,9 @@ def primary_comparison(rows: list[dict]) -> dict:
 
 def kl_points(metrics_dir: Path, reports_dir: Path, cell: str, column: str = "compositional_strict") -> dict:
     """{method: [(KL to p_SFT, accuracy, label)]} along each PPO run of `cell`, p_SFT's point (0, its accuracy)
-    first: the snapshots (method@25, method@50) and the final actor (@100), KL of each one's own samples."""
+    first: the snapshots (method@25, method@50: "25 %") and the final actor ("final", at the iteration where the
+    run ended: its last, or where the length guard stopped it), KL of each one's own samples. A snapshot the run
+    never reached has no point."""
     scores = {}
     for path in sorted((Path(metrics_dir) / cell).glob("eval*.json")):
         scores |= _read(path)
@@ -63,7 +65,8 @@ def kl_points(metrics_dir: Path, reports_dir: Path, cell: str, column: str = "co
         for pct, info in sorted(snapshots.items(), key=lambda kv: int(kv[0])):
             name = method if pct == "100" else f"{method}@{pct}"
             if name in scores and info.get("kl") is not None:
-                points.append((info["kl"], scores[name][column], f"{pct} %"))
+                label = f"final (it. {info['iteration']})" if pct == "100" else f"{pct} %"
+                points.append((info["kl"], scores[name][column], label))
         if len(points) > 1:
             out[method] = points
     return out
@@ -221,13 +224,13 @@ def fidelity_markdown(rows: list[dict], metrics_dir: Path, reports_dir: Path, li
     lines += ["", "## Accuracy and KL along the runs", "",
               "Compositional out-of-domain strict accuracy (%) of each snapshot, and its KL to p_SFT (nats per "
               "response, its own samples). p_SFT: KL 0.", "",
-              "| Cell | Run | p_SFT | 25 % | 50 % | 100 % |", "|---|---|---|---|---|---|"]
+              "| Cell | Run | p_SFT | 25 % | 50 % | final |", "|---|---|---|---|---|---|"]
     for cell in cell_names:
         for method, pts in kl_points(metrics_dir, reports_dir, cell).items():
             points.setdefault(cell, {})[method] = pts
-            by_label = {label: (kl, acc) for kl, acc, label in pts}
-            cols = [f"{by_label[k][1]:.2f} (KL {by_label[k][0]:.2f})" if k in by_label else "–"
-                    for k in ("25 %", "50 %", "100 %")]
+            by_label = {label.split(" (")[0]: (kl, acc, label) for kl, acc, label in pts}
+            cols = [f"{by_label[k][1]:.2f} (KL {by_label[k][0]:.2f})" + (f", {by_label[k][2][7:-1]}" if k == "final" else "")
+                    if k in by_label else "not reached" for k in ("25 %", "50 %", "final")]
             lines.append(f"| {cell} | {PPO_METHODS[method]} | {_fmt(pts[0][1])} | " + " | ".join(cols) + " |")
     runs = [r for r in (appendix_e(live_dir, reports_dir, c) for c in token_cells) if r]
     lines += ["", "## Appendix E: token-wise against sequence reward", ""]
