@@ -160,3 +160,14 @@ def test_a_snapshot_the_length_guard_stopped_before_is_reported_and_not_evaluate
     paths = {"srppo": str(tmp_path / "model"), "srppo@25": str(tmp_path / "model/snapshots/25"),
              "srppo@50": str(tmp_path / "model/snapshots/50")}
     assert unreached(paths) == {"srppo@50": {"reached": False, "stopped_early": "guard"}}
+
+
+def test_overlap_gain_is_the_medium_minus_minimum_gain_paired_by_seed(grid):
+    rows = collect(grid / "metrics")
+    assert fidelity.overlap_gain(rows) is None  # no medium cell yet
+    for seed, (sft, srppo) in enumerate([(30.0, 40.0), (31.0, 40.0)]):  # gains 10 and 9
+        _write(grid / "metrics" / f"medium-s{seed}" / "eval_x.json", {"sft": {"compositional_strict": sft},
+                                                                      "srppo": {"compositional_strict": srppo}})
+    g = fidelity.overlap_gain(collect(grid / "metrics"))
+    # minimum gains: 6 (seed 0), 5 (seed 1): differences 4 and 4
+    assert g["mean"] == 4.0 and g["n"] == 2 and g["ci95"] == [4.0, 4.0]

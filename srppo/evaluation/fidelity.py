@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: stages run on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from srppo.evaluation.compare import CELL, paired_difference  # noqa: E402
+from srppo.evaluation.compare import CELL, paired_difference, t_interval  # noqa: E402
 from srppo.testbed.families import FAMILY_REPORT_GROUPS  # noqa: E402
 
 PRIMARY = {"setup": "minimum", "baseline": "sft", "column": "IF compositional", "method": "srppo"}
@@ -47,6 +47,19 @@ def primary_comparison(rows: list[dict]) -> dict:
              "within seed noise": "not distinguishable from seed noise at this scale",
              "n=1: no interval": "one seed so far: no interval, no verdict"}
     return {**PRIMARY, "difference": d, "verdict": words[d["verdict"]] if d else "no cell has both yet"}
+
+
+def overlap_gain(rows: list[dict], column: str = "IF compositional", more: str = "medium",
+                 less: str = "minimum") -> dict | None:
+    """Table 3's question: does a small demonstrated subset of the PPO families (`more` overlap) raise SRPPO's
+    gain over SFT? Per seed present in both setups, (SRPPO - SFT) under `more` minus the same under `less`: its
+    mean and 95 % t-interval. None until a seed has all four numbers."""
+    value = {(r["setup"], r["seed"], r["method"]): r.get(column) for r in rows}
+    gain = lambda setup, seed: (None if None in (value.get((setup, seed, "srppo")), value.get((setup, seed, "sft")))
+                                else value[(setup, seed, "srppo")] - value[(setup, seed, "sft")])
+    seeds = sorted({r["seed"] for r in rows})
+    diffs = [gain(more, s) - gain(less, s) for s in seeds if gain(more, s) is not None and gain(less, s) is not None]
+    return {"column": column, "seeds": len(diffs), **t_interval(diffs)} if diffs else None
 
 
 def kl_points(metrics_dir: Path, reports_dir: Path, cell: str, column: str = "compositional_strict") -> dict:
@@ -210,6 +223,15 @@ def fidelity_markdown(rows: list[dict], metrics_dir: Path, reports_dir: Path, li
         lines.append(f"**{d['mean']:+.2f} points {interval}, n = {d['n']} seeds: {primary['verdict']}.**")
     else:
         lines.append(f"**{primary['verdict']}.**")
+    lines += ["", "## Does a demonstrated subset of the PPO families raise SRPPO's gain? (Table 3)", ""]
+    overlap = {c: overlap_gain(rows, c) for c in ("IF compositional", "IF strict")}
+    for column, g in overlap.items():
+        if g is None:
+            lines.append(f"- {column}: no seed has both setups yet.")
+        else:
+            ci = f" [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]" if g["ci95"] else " (no interval with one seed)"
+            lines.append(f"- {column}: (SRPPO − SFT) at medium overlap minus at minimum, paired by seed: "
+                         f"{g['mean']:+.2f}{ci}, n = {g['n']}.")
     rises, points = {}, {}
     lines += ["", "## Did PPO move the reward? (sizing bar: a rise of at least 3 buffer-mean standard errors)", "",
               "| Cell | Run | Iterations | Reward, first 8 | Reward, last 8 | Rise | Buffer SE | Rise / SE |",
@@ -244,7 +266,7 @@ def fidelity_markdown(rows: list[dict], metrics_dir: Path, reports_dir: Path, li
                      + (f"Stopped: {run['stopped_early']}." if run["stopped_early"] else "The length guard did not trip."))
     if not runs:
         lines.append("Not run yet.")
-    summary = {"primary": primary, "reward_rise": rises, "accuracy_kl": points,
+    summary = {"primary": primary, "overlap_gain": overlap, "reward_rise": rises, "accuracy_kl": points,
                "appendix_e": [{k: run[k] for k in ("cell", "stopped_early", "iterations")} for run in runs]}
     return "\n".join(lines) + "\n", summary
 
