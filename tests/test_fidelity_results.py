@@ -171,3 +171,11 @@ def test_overlap_gain_is_the_medium_minus_minimum_gain_paired_by_seed(grid):
     g = fidelity.overlap_gain(collect(grid / "metrics"))
     # minimum gains: 6 (seed 0), 5 (seed 1): differences 4 and 4
     assert g["mean"] == 4.0 and g["n"] == 2 and g["ci95"] == [4.0, 4.0]
+
+
+def test_each_point_of_the_run_minus_sft_paired_by_seed(grid):
+    diffs = fidelity.snapshot_differences(grid / "metrics", fidelity.cells(grid / "metrics", None))
+    assert list(diffs) == ["srppo@25", "srppo@50", "srppo"]  # along the run, the final actor last
+    assert diffs["srppo@25"]["compositional_strict"]["mean"] == 1.0 and diffs["srppo@25"]["compositional_strict"]["n"] == 3
+    assert diffs["srppo@50"]["compositional_strict"]["n"] == 2  # seed 0's run stopped before it
+    assert diffs["srppo"]["compositional_strict"]["mean"] == 6.0

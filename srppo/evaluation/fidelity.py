@@ -62,6 +62,30 @@ def overlap_gain(rows: list[dict], column: str = "IF compositional", more: str =
     return {"column": column, "seeds": len(diffs), **t_interval(diffs)} if diffs else None
 
 
+def snapshot_differences(metrics_dir: Path, cell_names: list[str], method: str = "srppo", setup: str = "minimum",
+                         columns: tuple[str, ...] = ("compositional_strict", "strict_acc")) -> dict:
+    """Secondary, not pre-registered: each point of `method`'s run (its snapshots and the final actor) minus
+    SFT, paired by seed over `setup`'s cells: {model: {column: mean, sd, n, 95 % t-interval}}."""
+    per_model: dict = {}
+    for cell in cell_names:
+        match = CELL.match(cell)
+        if not match or match["setup"] != setup:
+            continue
+        scores = {}
+        for path in sorted((Path(metrics_dir) / cell).glob("eval*.json")):
+            scores |= _read(path)
+        if "sft" not in scores:
+            continue
+        for name, result in scores.items():
+            if name == method or name.startswith(f"{method}@"):
+                for col in columns:
+                    if result.get(col) is not None and scores["sft"].get(col) is not None:
+                        per_model.setdefault(name, {}).setdefault(col, []).append(result[col] - scores["sft"][col])
+    order = lambda name: int(name.split("@")[1]) if "@" in name else 100
+    return {name: {col: t_interval(v) for col, v in cols.items()} for name, cols in
+            sorted(per_model.items(), key=lambda kv: order(kv[0]))}
+
+
 def kl_points(metrics_dir: Path, reports_dir: Path, cell: str, column: str = "compositional_strict") -> dict:
     """{method: [(KL to p_SFT, accuracy, label)]} along each PPO run of `cell`, p_SFT's point (0, its accuracy)
     first: the snapshots (method@25, method@50: "25 %") and the final actor ("final", at the iteration where the
@@ -254,6 +278,14 @@ def fidelity_markdown(rows: list[dict], metrics_dir: Path, reports_dir: Path, li
             cols = [f"{by_label[k][1]:.2f} (KL {by_label[k][0]:.2f})" + (f", {by_label[k][2][7:-1]}" if k == "final" else "")
                     if k in by_label else "not reached" for k in ("25 %", "50 %", "final")]
             lines.append(f"| {cell} | {PPO_METHODS[method]} | {_fmt(pts[0][1])} | " + " | ".join(cols) + " |")
+    snaps = snapshot_differences(metrics_dir, cell_names)
+    lines += ["", "Each point of SRPPO's runs minus SFT, minimum overlap, paired by seed (secondary: not pre-registered; "
+              "`srppo` is the final actor, the primary comparison's):", "",
+              "| Model | compositional strict | IF strict |", "|---|---|---|"]
+    for name, cols in snaps.items():
+        cell = lambda d: "–" if d is None else (f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], n={d['n']}"
+                                               if d["ci95"] else f"{d['mean']:+.2f}, n={d['n']}")
+        lines.append(f"| {name} | {cell(cols.get('compositional_strict'))} | {cell(cols.get('strict_acc'))} |")
     runs = [r for r in (appendix_e(live_dir, reports_dir, c) for c in token_cells) if r]
     lines += ["", "## Appendix E: token-wise against sequence reward", ""]
     for run in runs:
@@ -266,7 +298,7 @@ def fidelity_markdown(rows: list[dict], metrics_dir: Path, reports_dir: Path, li
                      + (f"Stopped: {run['stopped_early']}." if run["stopped_early"] else "The length guard did not trip."))
     if not runs:
         lines.append("Not run yet.")
-    summary = {"primary": primary, "overlap_gain": overlap, "reward_rise": rises, "accuracy_kl": points,
+    summary = {"primary": primary, "overlap_gain": overlap, "snapshots_vs_sft": snaps, "reward_rise": rises, "accuracy_kl": points,
                "appendix_e": [{k: run[k] for k in ("cell", "stopped_early", "iterations")} for run in runs]}
     return "\n".join(lines) + "\n", summary
 
