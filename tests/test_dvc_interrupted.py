@@ -237,8 +237,9 @@ def test_killed_push_and_pull_over_s3_keep_remote_and_cache_whole(tmp_path, monk
         repo = tmp_path / "repo"
         files = make_data_repo(repo, "s3://srppo/dvc", n_small=60, n_big=2)
         dvc(["remote", "modify", "r", "endpointurl", endpoint], repo)
-        # Kill only while objects are still missing: after the last upload dvc runs on a while (its index).
-        kill_when(["push"], repo, lambda: 10 <= s3_count(endpoint) < len(files))
+        # Kill only while objects are still missing (after the last upload dvc runs on a while: its index), one
+        # transfer at a time (-j 1) so that that state lasts longer than one listing of the bucket
+        kill_when(["push", "-j", "1"], repo, lambda: 10 <= s3_count(endpoint) < len(files))
         stored = assert_s3_objects_whole(endpoint)
         assert 0 < len(stored) < len(files)
         assert {k: v for k, v in status_cloud(repo).items() if k != "data/blob"} == dict.fromkeys(
@@ -252,7 +253,7 @@ def test_killed_push_and_pull_over_s3_keep_remote_and_cache_whole(tmp_path, monk
         run(["git", "config", "user.email", "ci@example.com"], clone)
         dvc(["remote", "modify", "--local", "r", "endpointurl", endpoint], clone)
         cache = clone / ".dvc" / "cache"
-        kill_when(["pull"], clone, lambda: cache.exists() and 10 <= len(objects(cache)) < len(files))
+        kill_when(["pull", "-j", "1"], clone, lambda: cache.exists() and 10 <= len(objects(cache)) < len(files))
         assert verify_store(cache / "files/md5", manifests=False, stale_after=0).corrupt == []
         assert 0 < len(missing(files, {p.parent.name + p.name for p in objects(cache)})) < len(files)
         dvc(["pull", "-q"], clone)

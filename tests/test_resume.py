@@ -32,7 +32,7 @@ SMALL = {
     "sft": {"epochs": 10, "batch_size": 2, "checkpoint_every": 20, "checkpoint_min_seconds": 0},
     "rollouts": {"max_new_tokens": 8, "batch_size": 4, "buffer_size": 4, "n_buffers": 1},
     "ppo": {"iterations": 8, "critic_warmup_buffers": 1, "mini_batch_size": 2, "checkpoint_every": 3,
-            "checkpoint_min_seconds": 0, "snapshots": [0.25, 0.5]},
+            "checkpoint_min_seconds": 0},
 }
 
 
@@ -145,9 +145,10 @@ PPO_METRICS = ("iterations", "stopped_early", "reward_raw_first", "reward_raw_la
                "response_length_last", "eos_rate_last")
 
 
-def test_ppo_killed_resumes_to_identical_result(repo, tiny_sft_dir):
+def test_ppo_killed_resumes_to_identical_result(tmp_path, tiny_dir, tiny_sft_dir):
     """With ppo.snapshots [0.25, 0.5] of 8 iterations: the actor after iterations 2 and 4 as well, the same
     whether the run was killed between them or not, each with the KL of its own next samples."""
+    repo = make_repo(tmp_path, tiny_dir, {"ppo": {"snapshots": [0.25, 0.5]}})
     write_ppo_inputs(repo, tiny_sft_dir)
     kill_and_resume_to_the_same_result(repo, "ppo", "dvclive/ppo", (*PPO_METRICS, "snapshots"))
     snapshots = json.loads((repo / "reports/ppo.json").read_text())["snapshots"]
