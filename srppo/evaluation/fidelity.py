@@ -17,13 +17,9 @@ import json
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: stages run on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from srppo.evaluation.compare import CELL, paired_difference, t_interval  # noqa: E402
-from srppo.testbed.families import FAMILY_REPORT_GROUPS  # noqa: E402
+from srppo.evaluation.compare import CELL, paired_difference, t_interval
+from srppo.evaluation.plots import _save, plt  # headless matplotlib, and one way of writing a figure
+from srppo.testbed.families import FAMILY_REPORT_GROUPS
 
 PRIMARY = {"setup": "minimum", "baseline": "sft", "column": "IF compositional", "method": "srppo"}
 PPO_METHODS = {"srppo": "SRPPO", "rloo": "SRPPO (RLOO)", "rm_ppo": "PPO w/ RM"}
@@ -199,13 +195,10 @@ def plot_appendix_e(runs: list[dict], path: Path, max_new_tokens: int | None = N
         return False
     fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.4 * len(runs)), squeeze=False)
     for (ax_len, ax_eos), run in zip(axes, runs):
-        for kind, style in (("sequence", "-"), ("token", "-")):
-            series = run[kind]
-            color = COLORS["srppo"] if kind == "sequence" else COLORS["srppo_token"]
-            label = "sequence reward (Eq. 4)" if kind == "sequence" else "token-wise reward (App. E)"
-            ax_len.plot(range(1, len(series["response_length"]) + 1), series["response_length"], style, color=color,
-                        label=label)
-            ax_eos.plot(range(1, len(series["eos_rate"]) + 1), series["eos_rate"], style, color=color, label=label)
+        for kind, color, label in (("sequence", COLORS["srppo"], "sequence reward (Eq. 4)"),
+                                   ("token", COLORS["srppo_token"], "token-wise reward (App. E)")):
+            for ax, key in ((ax_len, "response_length"), (ax_eos, "eos_rate")):
+                ax.plot(range(1, len(run[kind][key]) + 1), run[kind][key], color=color, label=label)
         if max_new_tokens:
             ax_len.axhline(max_new_tokens, color="gray", ls=":", label="token budget")
         if run["stopped_early"]:
@@ -222,12 +215,6 @@ def plot_appendix_e(runs: list[dict], path: Path, max_new_tokens: int | None = N
     fig.tight_layout()
     _save(fig, path)
     return True
-
-
-def _save(fig, path: Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _fmt(x, spec=".2f") -> str:
