@@ -18,3 +18,11 @@ about DVC or Prefect: stages/ and flows/ do.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# (this process, the one that started it), read at the first import of the package: a stage imports srppo
+# within its first second, long before `srppo.runtime.stage.die_with_parent` runs (after torch's imports,
+# seconds later). Had `dvc repro` been killed in between, the stage would by then belong to init and would run
+# on. The pid tells a process forked after the import (whose parent is its forker) from the one that read it.
+LAUNCHED = (_os.getpid(), _os.getppid())

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -169,6 +170,38 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_stage_whose_starter_died_before_it_watched_for_that_ends_itself(tmp_path):
+    """The start of a stage: `dvc repro` starts python, which imports srppo (recording its parent) and then, seconds
+    of torch imports later, asks to die with its parent. Killed in between, the starter is gone by then and the
+    process belongs to init: `die_with_parent` ends it rather than let it run on as an orphan."""
+    marker = tmp_path / "ran_on"
+    child = (f"import srppo, time; time.sleep(1.5); from srppo.runtime.stage import die_with_parent; "
+             f"die_with_parent(); open({str(marker)!r}, 'w').write('orphan')")
+    # the shell outlives the import of srppo (tens of milliseconds), not the wait before die_with_parent
+    starter = subprocess.run(["bash", "-c", f'{sys.executable} -c "{child}" >/dev/null 2>&1 & echo $!; sleep 0.7'],
+                             capture_output=True, text=True, check=True)
+    pid = int(starter.stdout)
+    deadline = time.time() + 30
+    while alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid) and not marker.exists()
+
+
+def test_a_process_forked_after_the_import_lives_while_its_forker_does(tmp_path):
+    """A fork's parent is its forker, not the parent the package recorded at import: no false orphan."""
+    from srppo.runtime import stage
+
+    marker = tmp_path / "ran_on"
+    pid = os.fork()
+    if pid == 0:  # the child: ask to die with its parent, which is alive, then carry on
+        stage._read.pop("watching", None)  # as a fresh process: the request is made, not skipped
+        stage.die_with_parent()
+        marker.write_text("alive")
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and marker.read_text() == "alive"
 
 
 @pytest.mark.slow

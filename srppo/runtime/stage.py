@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import srppo
 from srppo.config.files import ConfigError, load_params
 from srppo.config.params import Params
 from srppo.io import write_json
@@ -96,7 +97,9 @@ def die_with_parent() -> None:
     except (OSError, AttributeError):
         return
     _read["watching"] = True
-    if os.getppid() != parent:  # the parent died before the request was in place
+    # the parent died before the request was in place: during this call, or since the package's first import
+    # (srppo.LAUNCHED, tens of milliseconds after the process started)
+    if os.getppid() != parent or srppo.LAUNCHED[0] == os.getpid() and srppo.LAUNCHED[1] != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
