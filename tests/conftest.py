@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (the README's `-n 2`) the workers share the machine's cores: each worker, and every stage
+# process it starts, gets its share of the threads (torch would otherwise start one thread per core in each,
+# and two such processes on two cores slow each other down far more than they gain).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_share))
 
 
 def live_rows(live_dir: Path) -> list[dict]:
