@@ -52,8 +52,8 @@ def test_every_cell_reads_its_own_p_sft_trained_with_its_seed():
     own, first = "data/${item.overlap}-s${item.seed}/sft", "data/${item}-s${filter_seed}/sft"
     sft = stages["sft"]
     assert sft["foreach"] == "${cells}" and own in sft["do"]["outs"]
-    assert sft["do"]["cmd"].startswith('cd .. && SRPPO_PARAMS=comparison/params.yaml SRPPO_SET="runtime.seed=${item.seed}" '
-                                       'exec python stages/sft.py data/base ')
+    assert sft["do"]["cmd"].startswith('cd .. && SRPPO_PARAMS=comparison/params.yaml SRPPO_SET="runtime.seed=${item.seed} '
+                                       'runtime.precision=${precision}" exec python stages/sft.py data/base ')
     readers = {name for name, body in stages.items() for dep in body.get("do", body)["deps"]
                if dep.endswith("/sft")}
     assert readers == {"sft_extended", "spin", "reward_model", "diagnose", "srppo_calibrate", "srppo_rollouts", "srppo",
@@ -66,6 +66,26 @@ def test_every_cell_reads_its_own_p_sft_trained_with_its_seed():
         assert ("runtime.seed=${filter_seed}" if name.startswith("filter") else "runtime.seed=${item.seed}") in body["cmd"]
     assert "runtime.seed=${filter_seed}" in stages["sft_filtered"]["cmd"]  # the subsets: the same seed as that p_SFT
     assert stages["srppo_token"]["foreach"] == "${token_cells}"
+    # Table 3's methods in every cell, Tables 1-2's baselines in baseline_cells only
+    assert {name for name, body in stages.items() if body.get("foreach") == "${cells}"} == {
+        "sft", "diagnose", "srppo_calibrate", "srppo_rollouts", "srppo", "eval_sft", "eval_srppo"}
+    assert {name for name, body in stages.items() if body.get("foreach") == "${baseline_cells}"} == {
+        "sft_extended", "spin", "reward_model", "rloo", "rm_ppo_calibrate", "rm_ppo_rollouts", "rm_ppo",
+        "eval_sft_extended", "eval_spin", "eval_rm_ppo", "eval_rloo"}
+
+
+def test_every_grid_stage_that_computes_runs_in_the_precision_grid_yaml_names():
+    """Cells land over several sessions, on whichever machine runs them: `auto` would pair a bf16 cell with an
+    fp32 one. Every stage that reads runtime settings carries grid.yaml's precision in its command, so DVC
+    reruns the grid when it changes and a machine without bf16 units stops at the first stage."""
+    stages = yaml.safe_load((ROOT / "comparison" / "dvc.yaml").read_text())["stages"]
+    grid = yaml.safe_load((ROOT / "comparison" / "grid.yaml").read_text())
+    assert grid["precision"] in ("auto", "fp32", "bf16")
+    computing = {name for name, body in stages.items()
+                 if any(key.split(".")[0] == "runtime" for key in body.get("do", body)["params"][0].get("params.yaml", []))}
+    assert {"sft", "srppo", "eval_srppo", "rm_ppo", "spin", "reward_model", "filter", "sft_filtered"} <= computing
+    for name in computing:
+        assert "runtime.precision=${precision}" in stages[name].get("do", stages[name])["cmd"], name
 
 
 def test_the_grid_reads_its_own_params_and_evaluates_each_method_with_its_snapshots():

@@ -85,7 +85,8 @@ SCRIPTS = {
                             ("metrics", "metrics"), ("report", "report")],
                            ["runtime", "data_filter", "rollouts.score_batch_size"]),
     "compare": Script([("metrics_dir", "in"), ("reports_dir", "in"), ("live_dir", "in"), ("results_dir", "results"),
-                       ("grid", "grid")], [], other_params={"grid.yaml": ["overlaps", "cells", "token_cells", "filter_seed"]}),
+                       ("grid", "grid")], [], other_params={"grid.yaml": ["overlaps", "cells", "baseline_cells", "token_cells",
+                                                                "filter_seed"]}),
 }
 
 
@@ -127,11 +128,14 @@ MAIN = {
 
 O, C = "${item.overlap}", "${item.overlap}-s${item.seed}"  # a setup's and a cell's folder in the grid
 D, G = "comparison/data", "comparison"
-SEED = "runtime.seed=${item.seed}"
+# Every cell computes in the arithmetic grid.yaml's `precision` names, not in what `auto` finds on the machine
+# that happens to run it: cells run over several sessions and machines, and a pair of fp32 and bf16 cells
+# would compare arithmetics as well as methods. On a CPU without bf16 units `bf16` stops the stage at once.
+SEED = "runtime.seed=${item.seed} runtime.precision=${precision}"
 # p_SFT is trained per cell, with the cell's seed, so that SFT's own seed variance enters every interval
 # of the table; the §5 data filter (one seed per setup) uses the cell of grid.yaml's filter_seed: FIRST.
 SFT = f"{D}/{C}/sft"
-FIRST, FIRST_SEED = f"{D}/{O}-s${{filter_seed}}/sft", "runtime.seed=${filter_seed}"
+FIRST, FIRST_SEED = f"{D}/{O}-s${{filter_seed}}/sft", "runtime.seed=${filter_seed} runtime.precision=${precision}"
 RM = f"reward.source=model reward.model_path={D}/{C}/reward_model"
 GRID_PARAMS = "comparison/params.yaml"  # the grid's own params file (configs/fidelity.yaml's settings)
 
@@ -155,17 +159,17 @@ FROZEN = {"base_dir": "data/base", "sft_dir": SFT}
 PROMPTS = f"{D}/{O}/prepared/ppo_prompts.jsonl"
 
 
-def _ppo_inputs(prefix: str, settings: str, extra: list[str]) -> dict:
+def _ppo_inputs(prefix: str, settings: str, extra: list[str], cells: str = "${cells}") -> dict:
     """calibrate -> rollouts of one cell, as in the main pipeline: the reward's normaliser and the critic's
     warm-up buffers, both from p_SFT's samples. Every PPO variant with the same reward shares them."""
     norm, rollouts = f"{D}/{C}/{prefix}/reward_norm.json", f"{D}/{C}/{prefix}/rollouts"
     return {
         f"{prefix}_calibrate": _cell("calibrate", {
             **FROZEN, "calibration": f"{D}/{O}/prepared/calibration.jsonl", "prompts": PROMPTS, "reward_norm": norm,
-            **_results(C, f"{prefix}_calibrate", png=True)}, settings, extra),
+            **_results(C, f"{prefix}_calibrate", png=True)}, settings, extra, cells),
         f"{prefix}_rollouts": _cell("rollouts", {
             **FROZEN, "prompts": PROMPTS, "rollouts_dir": rollouts, **_results(C, f"{prefix}_rollouts")},
-            settings, extra),
+            settings, extra, cells),
     }
 
 
@@ -182,6 +186,9 @@ def _ppo(name: str, inputs: str, settings: str, extra: list[str] | None = None, 
 METHOD_MODELS = {"sft": SFT, "sft_extended": f"{D}/{C}/sft_extended", "spin": f"{D}/{C}/spin",
                  "rm_ppo": f"{D}/{C}/rm_ppo/model", "srppo": f"{D}/{C}/srppo/model", "rloo": f"{D}/{C}/rloo/model"}
 PPO_METHODS = ("rm_ppo", "srppo", "rloo")
+# the methods of every cell (Table 3's); the others run in grid.yaml's baseline_cells only
+ALL_CELLS = ("sft", "srppo")
+BASELINE = "${baseline_cells}"
 
 
 def _eval(method: str, snapshot_names: list[str]) -> tuple:
@@ -190,7 +197,7 @@ def _eval(method: str, snapshot_names: list[str]) -> tuple:
         models |= {f"{method}@{s}": f"{METHOD_MODELS[method]}/snapshots/{s}" for s in snapshot_names}
     return _cell("eval", {"eval_items": f"{D}/{O}/prepared/eval.jsonl", "eval_dir": f"{D}/{C}/eval_{method}",
                           **_results(C, f"eval_{method}"), "cache_dir": "data/cache/eval", "models": models},
-                 f"{SEED} eval.models=[{', '.join(models)}]")
+                 f"{SEED} eval.models=[{', '.join(models)}]", cells="${cells}" if method in ALL_CELLS else BASELINE)
 
 
 def comparison_table(snapshot_names: list[str]) -> dict:
@@ -200,14 +207,15 @@ def comparison_table(snapshot_names: list[str]) -> dict:
                     {"foreach": "${overlaps}", "set": "prepare.overlap=${item.overlap}"}),
         "sft": _cell("sft", {"base_dir": "data/base", "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": SFT,
                              **_results(C, "sft", live=True)}, SEED),
+        # Tables 1-2's baselines, in the cells of grid.yaml's baseline_cells (Table 3 compares SFT and SRPPO only)
         "sft_extended": _cell("sft", {
             "base_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/sft_extended",
-            **_results(C, "sft_extended", live=True)}, f"{SEED} sft.epochs=${{sft_extended_epochs}}"),
+            **_results(C, "sft_extended", live=True)}, f"{SEED} sft.epochs=${{sft_extended_epochs}}", cells=BASELINE),
         "spin": _cell("spin", {"sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl",
-                               "out_dir": f"{D}/{C}/spin", **_results(C, "spin", live=True)}, SEED),
+                               "out_dir": f"{D}/{C}/spin", **_results(C, "spin", live=True)}, SEED, cells=BASELINE),
         "reward_model": _cell("reward_model", {
             "sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/reward_model",
-            **_results(C, "reward_model", live=True)}, SEED),
+            **_results(C, "reward_model", live=True)}, SEED, cells=BASELINE),
         # p_SFT's best-of-k by reward: the accuracy that choosing among its own samples buys at each KL, the
         # frontier the PPO runs' snapshots are drawn against
         "diagnose": _cell("diagnose", {**FROZEN, "prompts": f"{D}/{O}/prepared/eval.jsonl",
@@ -216,12 +224,12 @@ def comparison_table(snapshot_names: list[str]) -> dict:
         **_ppo("srppo", "srppo", SEED),
         # SRPPO with a critic-free estimator (§5): RLOO's leave-one-out baseline over ppo.group_size samples of
         # each prompt; the same reward, normaliser and prompts (its warm-up buffers go unread: no critic)
-        **_ppo("rloo", "srppo", f"{SEED} ppo.estimator=rloo ppo.group_size=4"),
+        **_ppo("rloo", "srppo", f"{SEED} ppo.estimator=rloo ppo.group_size=4", cells=BASELINE),
         # Appendix E: the token-wise coherent reward on the same budget, in the cells of grid.yaml's
         # token_cells; ppo.length_guard stops it once responses blow up
         **_ppo("srppo_token", "srppo", f"{SEED} ppo.reward_mode=token ppo.token_reward_ack=true", cells="${token_cells}"),
-        **_ppo_inputs("rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"]),
-        **_ppo("rm_ppo", "rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"]),
+        **_ppo_inputs("rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"], cells=BASELINE),
+        **_ppo("rm_ppo", "rm_ppo", f"{SEED} {RM}", [f"{D}/{C}/reward_model"], cells=BASELINE),
         **{f"eval_{m}": _eval(m, snapshot_names) for m in METHOD_MODELS},
         # The coherent reward as a data filter (§5): the top keep_fraction of the demonstrations by r(x, y)
         # under this setup's p_SFT / p_PT, against a random subset of the same size, each fine-tuned from p_PT.
@@ -364,15 +372,15 @@ MAIN_INTRO = """# The SRPPO pipeline: base -> prepare -> sft -> calibrate -> rol
 # runs; reports/<stage>.json: everything else the stage measured (timings, breakdowns, paths);
 # dvclive/<stage>/: per-step curves, written by DVCLive while the stage runs and drawn by `plots:` below.
 """
-COMPARISON_INTRO = """# The comparison grid (paper Tables 1-4, Appendix E): SFT, SFT (extended), SPIN, PPO with a preference reward
-# model, SRPPO and SRPPO with RLOO for each cell of grid.yaml (an overlap setup and a seed), the token-wise reward
-# in its token_cells. comparison/ is a DVC project of its own (comparison/.dvc: the main project's cache and
-# remote), so plain `dvc status`, `dvc pull` and `dvc exp` at the root see only the main pipeline. Its params
-# file is comparison/params.yaml (written from configs/fidelity.yaml), which the stages read through
-# SRPPO_PARAMS. Every stage runs a script of stages/ from the repository root (`cd ..`); paths in deps and outs
-# are relative to comparison/, the code is `../`. SRPPO_SET lays the cell's settings over the params
-# (srppo/config/files.py: parse_overrides) and sits in the command, so DVC reruns a cell when its settings
-# change. p_PT (`../data/base`) comes from the main pipeline: `dvc repro base` at the root first.
+COMPARISON_INTRO = """# The comparison grid (paper Tables 1-4, Appendix E): SFT and SRPPO for each cell of grid.yaml (an overlap setup and
+# a seed); SFT (extended), SPIN, PPO with a preference reward model and SRPPO with RLOO in its baseline_cells; the
+# token-wise reward in its token_cells. comparison/ is a DVC project of its own (comparison/.dvc: the main project's
+# cache and remote), so plain `dvc status`, `dvc pull` and `dvc exp` at the root see only the main pipeline. Its
+# params file is comparison/params.yaml (written from configs/fidelity.yaml), which the stages read through
+# SRPPO_PARAMS. Every stage runs a script of stages/ from the repository root (`cd ..`); paths in deps and outs are
+# relative to comparison/, the code is `../`. SRPPO_SET lays the cell's settings over the params
+# (srppo/config/files.py: parse_overrides) and sits in the command, so DVC reruns a cell when its settings change.
+# p_PT (`../data/base`) comes from the main pipeline: `dvc repro base` at the root first.
 #     cd comparison && dvc repro     ->  comparison/results/{table.md,fidelity.md,*.png,summary.json}
 """
 
