@@ -27,8 +27,8 @@ def grid_repo(tmp_path_factory, tiny_dir):
     for kept in ("metrics", "reports", "dvclive", "results"):
         shutil.rmtree(repo / "comparison" / kept, ignore_errors=True)
     cell = {"minimum-s1": {"overlap": "minimum", "seed": 1}}
-    grid = {"overlaps": ["minimum"], "cells": cell, "baseline_cells": cell, "token_cells": cell, "filter_seed": 1, "sft_extended_epochs": 0.5,
-            "precision": "auto"}
+    grid = {"overlaps": ["minimum"], "cells": cell, "baseline_cells": cell, "token_cells": cell, "filter_seed": 1,
+            "sft_extended_epochs": 0.5, "precision": "auto"}
     (repo / "comparison" / "grid.yaml").write_text(yaml.safe_dump(grid))
     # the grid's params: the repository's smoke params, with the actor also saved halfway through PPO
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -131,11 +131,12 @@ D, G = "comparison/data", "comparison"
 # Every cell computes in the arithmetic grid.yaml's `precision` names, not in what `auto` finds on the machine
 # that happens to run it: cells run over several sessions and machines, and a pair of fp32 and bf16 cells
 # would compare arithmetics as well as methods. On a CPU without bf16 units `bf16` stops the stage at once.
-SEED = "runtime.seed=${item.seed} runtime.precision=${precision}"
+PRECISION = "runtime.precision=${precision}"
+SEED = f"runtime.seed=${{item.seed}} {PRECISION}"
 # p_SFT is trained per cell, with the cell's seed, so that SFT's own seed variance enters every interval
 # of the table; the §5 data filter (one seed per setup) uses the cell of grid.yaml's filter_seed: FIRST.
 SFT = f"{D}/{C}/sft"
-FIRST, FIRST_SEED = f"{D}/{O}-s${{filter_seed}}/sft", "runtime.seed=${filter_seed} runtime.precision=${precision}"
+FIRST, FIRST_SEED = f"{D}/{O}-s${{filter_seed}}/sft", f"runtime.seed=${{filter_seed}} {PRECISION}"
 RM = f"reward.source=model reward.model_path={D}/{C}/reward_model"
 GRID_PARAMS = "comparison/params.yaml"  # the grid's own params file (configs/fidelity.yaml's settings)
 
