@@ -20,7 +20,9 @@ from srppo.evaluation.compare import (
     summarise,
 )
 from srppo.methods.reward_model import (
+    answer_scores,
     bradley_terry_loss,
+    match_spread,
     preference_pairs,
     save_reward_model,
 )
@@ -85,6 +87,25 @@ def test_reward_model_reads_the_last_response_token_whatever_the_padding(tiny_di
     save_reward_model(rm, tok, tmp_path / "rm", {"train_pairs": 0})
     again = load_reward_model(tmp_path / "rm", torch.device("cpu"), torch.float32)
     assert torch.equal(again.score.weight, rm.score.weight)  # a trained head is kept
+
+
+def test_a_reward_model_rescaled_to_a_spread_keeps_its_ranking(tiny_dir):
+    from srppo.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_dir)
+    rm = load_reward_model(tiny_dir, torch.device("cpu"), torch.float32)
+    prompts = [[5, 6, 7], [8, 9]]
+    answers = [[Generation(p, r, False) for r in ([10, 11, tok.eos_token_id], [12, tok.eos_token_id], [13])]
+               for p in prompts]
+    with pytest.raises(ValueError, match="same reward"):  # the zero head: nothing to scale
+        match_spread(rm, answer_scores(rm, tok, prompts, answers, 2, torch.device("cpu")), 6.8)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(rm.score.weight, std=1e-3)  # a barely trained head: a tiny spread
+    before = answer_scores(rm, tok, prompts, answers, 2, torch.device("cpu"))
+    factor = match_spread(rm, before, 6.8)
+    after = answer_scores(rm, tok, prompts, answers, 4, torch.device("cpu"))
+    assert after.std().item() == pytest.approx(6.8, rel=1e-4) and factor == pytest.approx(6.8 / before.std().item())
+    assert torch.equal(after.argsort(), before.argsort())  # the same ranking: only the scale moved
 
 
 def test_overrides_are_yaml_values_on_dotted_keys(tmp_path):

@@ -82,6 +82,9 @@ def test_one_command_gives_the_table_plot_and_metrics_for_every_method(grid_repo
     # the reward model was trained and PPO read it: its score is the reward, p_PT never loaded
     rm = json.loads((grid_repo / "comparison/metrics/minimum-s1/reward_model.json").read_text())
     assert rm["train_pairs"] > 0
+    # its head rescaled to the spread of the cell's coherent reward (SRPPO's normaliser), so β prices alike
+    coherent_scale = json.loads((grid_repo / "comparison/data/minimum-s1/srppo/reward_norm.json").read_text())["scale"]
+    assert rm["rescaled_by"] == pytest.approx(coherent_scale / rm["answer_reward_std"])
     assert (grid_repo / "comparison/data/minimum-s1/reward_model/model.safetensors").exists()
     assert "reward model" in json.dumps(json.loads((grid_repo / "comparison/metrics/minimum-s1/rm_ppo.json").read_text()))
     # the cell's seed reached the stage: its run differs from the root pipeline's seed 0 calibration

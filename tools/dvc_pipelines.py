@@ -77,7 +77,7 @@ SCRIPTS = {
                     ("report", "report"), ("live_dir", "live")],
                    ["runtime", "sft.max_len", "sft.overlength", "spin", "rollouts.engine", "rollouts.vllm",
                     "rollouts.batch_size"]),
-    "reward_model": Script([("sft_dir", "in"), ("demos", "in"), ("out_dir", "out"), ("metrics", "metrics"),
+    "reward_model": Script([("sft_dir", "in"), ("demos", "in"), ("scale_of", "in"), ("out_dir", "out"), ("metrics", "metrics"),
                             ("report", "report"), ("live_dir", "live")],
                            ["runtime", "reward_model", "sft.max_len", "sft.overlength", "rollouts.engine",
                             "rollouts.vllm", "rollouts.batch_size"]),
@@ -215,7 +215,9 @@ def comparison_table(snapshot_names: list[str]) -> dict:
         "spin": _cell("spin", {"sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl",
                                "out_dir": f"{D}/{C}/spin", **_results(C, "spin", live=True)}, SEED, cells=BASELINE),
         "reward_model": _cell("reward_model", {
-            "sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "out_dir": f"{D}/{C}/reward_model",
+            # its head rescaled to the spread of this cell's coherent reward on p_SFT's samples (SRPPO's normaliser)
+            "sft_dir": SFT, "demos": f"{D}/{O}/prepared/demos.jsonl", "scale_of": f"{D}/{C}/srppo/reward_norm.json",
+            "out_dir": f"{D}/{C}/reward_model",
             **_results(C, "reward_model", live=True)}, SEED, cells=BASELINE),
         # p_SFT's best-of-k by reward: the accuracy that choosing among its own samples buys at each KL, the
         # frontier the PPO runs' snapshots are drawn against

@@ -28,7 +28,7 @@ from srppo.rollout.engine import Generation, SamplingParams
 from srppo.rollout.sampling import prompt_ids, rollout_engine
 from srppo.runtime.distributed import adamw
 from srppo.runtime.stage import Timer, log, progress
-from srppo.scoring.reward_model import load_reward_model, reward_scores
+from srppo.scoring.reward_model import load_reward_model, reward_scores, score_head
 from srppo.testbed import check_response
 
 
@@ -151,19 +151,52 @@ def heldout_split(n: int, seed: int) -> tuple[list[int], list[int]]:
     return [i for i in order if i not in held], [i for i in order if i in held]
 
 
+@torch.no_grad()
+def answer_scores(model, tok, prompts: list[list[int]], answers: list[list[Generation]], batch_size: int,
+                  device) -> torch.Tensor:
+    """The model's reward for every sampled answer, prompt by prompt."""
+    model.eval()
+    rows = [(p, g.response_ids) for p, gens in zip(prompts, answers) for g in gens]
+    return torch.cat([reward_scores(model, collate([p for p, _ in rows[s : s + batch_size]],
+                                                   [r for _, r in rows[s : s + batch_size]],
+                                                   tok.pad_token_id).to(device))
+                      for s in range(0, len(rows), batch_size)])
+
+
+@torch.no_grad()
+def match_spread(model, scores: torch.Tensor, target_std: float) -> float:
+    """Rescale the score head so that `scores` (the model's rewards on p_SFT's answers) get the standard
+    deviation `target_std`; returns the factor. Bradley-Terry fixes a reward only up to its scale, and PPO
+    prices the KL in units of the raw reward (β per unit): at the coherent reward's spread the same β costs
+    the policy as much reward per nat of KL in RM-PPO as in SRPPO, whatever scale training happened to end at.
+    """
+    std = scores.std().item()
+    if not std > 0:
+        raise ValueError("the reward model gives every sampled answer the same reward: its scale cannot be matched")
+    factor = target_std / std
+    head = score_head(model)
+    head.weight.mul_(factor)
+    if getattr(head, "bias", None) is not None:
+        head.bias.mul_(factor)
+    return factor
+
+
 @dataclass
 class RewardModelResult:
     model: torch.nn.Module  # the trained Bradley-Terry reward model
     tokenizer: object
     history: list[dict]     # every training step's row, numbered from 1
-    info: dict              # pair counts, held-out pair accuracy before and after training, final loss
+    info: dict              # pair counts, held-out pair accuracy before and after training, final loss, spread
 
 
 def run_reward_model(params, sft_dir: str | Path, demos_path: str | Path, device, dtype, *,
-                     timer: Timer | None = None, on_step: Callable[[dict], None] | None = None) -> RewardModelResult:
+                     target_std: float | None = None, timer: Timer | None = None,
+                     on_step: Callable[[dict], None] | None = None) -> RewardModelResult:
     """The RM-PPO baseline's reward model from p_SFT: p_SFT's answers to the demonstration prompts, ranked
     into preference pairs (the checkers, or the demonstration first), a held-out tenth of the prompts, and
-    Bradley-Terry training with params' `reward_model` section.
+    Bradley-Terry training with params' `reward_model` section. With `target_std` (e.g. the coherent
+    reward's spread on p_SFT's samples, its normaliser's scale) the trained head is rescaled so that its
+    rewards on p_SFT's answers spread that much (`match_spread`); rankings and accuracies do not change.
 
     `timer` gets the sampling and training phases (a fresh "reward_model" one if None); `on_step(row)` sees
     each training step's row as the step ends.
@@ -202,4 +235,10 @@ def run_reward_model(params, sft_dir: str | Path, demos_path: str | Path, device
     log("reward_model", f"held-out pair accuracy {before} -> {after}")
     info = {"train_pairs": len(train), "heldout_pairs": len(test), "heldout_accuracy_before": before,
             "heldout_accuracy": after, "final_loss": history[-1]["rm_loss"]}
+    scores = answer_scores(model, tok, prompts, answers, cfg.batch_size, device)
+    info["answer_reward_std"] = scores.std().item()  # the scale training ended at, on p_SFT's answers
+    if target_std is not None:
+        info["rescaled_by"] = match_spread(model, scores, target_std)
+        log("reward_model", f"rewards on p_SFT's answers spread {info['answer_reward_std']:.4g}; head rescaled "
+            f"by {info['rescaled_by']:.4g} to {target_std:.4g}")
     return RewardModelResult(model, tok, history, info)

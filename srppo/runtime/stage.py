@@ -99,7 +99,7 @@ def die_with_parent() -> None:
     _read["watching"] = True
     # the parent died before the request was in place: during this call, or since the package's first import
     # (srppo.LAUNCHED, tens of milliseconds after the process started)
-    if os.getppid() != parent or (srppo.LAUNCHED[0] == os.getpid() and srppo.LAUNCHED[1] != parent):
+    if os.getppid() != parent or srppo.LAUNCHED[0] == os.getpid() and srppo.LAUNCHED[1] != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
